@@ -1,0 +1,1 @@
+"""Data helpers: the synthetic mini LibriSpeech corpus and audio loading."""
