@@ -1,0 +1,279 @@
+"""Stacks of 1-D convolution blocks over padded (B, T, C) sequences.
+
+Each block is Conv1d (no bias) -> LayerNorm over channels -> ReLU ->
+dropout, as in the SPIRAL / S3LSpeech conv stacks and the predictor (SPEC 2,
+3). Padded frames are zeroed before every convolution, so a 'same'-padded
+convolution sees zeros past each utterance's end exactly as it would alone.
+
+Authors
+ * S3L contributors 2025
+"""
+
+import torch
+from torch import nn
+
+from s3l_plugin.attention import make_padding_mask
+
+
+class ConvBlock(nn.Module):
+    """Conv1d (no bias) -> LayerNorm(channels) -> ReLU -> dropout.
+
+    Arguments
+    ---------
+    in_channels : int
+        Input channels.
+    out_channels : int
+        Output channels.
+    kernel_size : int
+        Kernel size.
+    stride : int
+        Stride.
+    padding : str
+        ``"valid"`` or ``"same"`` (stride 1 only).
+    dropout : float
+        Dropout after the activation.
+
+    Example
+    -------
+    >>> block = ConvBlock(4, 8, kernel_size=3, stride=2)
+    >>> block(torch.randn(2, 9, 4)).shape
+    torch.Size([2, 4, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding="valid",
+        dropout=0.0,
+    ):
+        super().__init__()
+        self.conv = nn.Conv1d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            bias=False,
+        )
+        self.norm = nn.LayerNorm(out_channels)
+        self.activation = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        """Applies the block.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            (B, T, in_channels) inputs.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, T', out_channels) outputs.
+        """
+        x = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return self.dropout(self.activation(self.norm(x)))
+
+
+class ConvStack(nn.Module):
+    """Convolution blocks over padded sequences, tracking lengths.
+
+    Arguments
+    ---------
+    input_dim : int
+        Input channels.
+    channels : sequence of int
+        Output channels of each layer.
+    kernels : sequence of int
+        Kernel size of each layer.
+    strides : sequence of int, optional
+        Stride of each layer (default all 1); must be 1 with ``"same"``.
+    padding : str
+        ``"valid"`` (output length ``(L - k) // s + 1``) or ``"same"``.
+    dropout : float
+        Dropout after each block's activation.
+    last_activation : bool
+        If False the last layer is a plain, linear Conv1d (no bias, no
+        LayerNorm, no ReLU), as the predictor's output must be able to take
+        any sign (SPEC 7, defect 4).
+
+    Example
+    -------
+    >>> stack = ConvStack(8, (16, 16), (5, 1), (2, 1))
+    >>> y, lengths = stack(torch.randn(2, 20, 8), torch.tensor([20, 11]))
+    >>> y.shape, lengths
+    (torch.Size([2, 8, 16]), tensor([8, 4]))
+    >>> bool((y[1, 4:] == 0).all())
+    True
+    """
+
+    def __init__(
+        self,
+        input_dim,
+        channels,
+        kernels,
+        strides=None,
+        padding="valid",
+        dropout=0.0,
+        last_activation=True,
+    ):
+        super().__init__()
+        channels, kernels = tuple(channels), tuple(kernels)
+        strides = (1,) * len(channels) if strides is None else tuple(strides)
+        if not len(channels) == len(kernels) == len(strides) > 0:
+            raise ValueError(
+                "channels, kernels and strides need one entry per layer, got "
+                f"{channels}, {kernels}, {strides}"
+            )
+        if padding not in ("valid", "same"):
+            raise ValueError(
+                f"padding must be 'valid' or 'same', got {padding!r}"
+            )
+        if padding == "same" and any(s != 1 for s in strides):
+            raise ValueError("'same' padding needs all strides equal to 1")
+        self.kernels = kernels
+        self.strides = strides
+        self.padding = padding
+        self.layers = nn.ModuleList()
+        in_channels = input_dim
+        for i, (out_channels, kernel, stride) in enumerate(
+            zip(channels, kernels, strides)
+        ):
+            if i == len(channels) - 1 and not last_activation:
+                layer = nn.Conv1d(
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride=stride,
+                    padding=padding,
+                    bias=False,
+                )
+            else:
+                layer = ConvBlock(
+                    in_channels, out_channels, kernel, stride, padding, dropout
+                )
+            self.layers.append(layer)
+            in_channels = out_channels
+        self.output_dim = in_channels
+
+    @property
+    def stride(self):
+        """Total down-sampling factor (product of the strides)."""
+        total = 1
+        for stride in self.strides:
+            total *= stride
+        return total
+
+    def output_lengths(self, lengths):
+        """Valid output frames for ``lengths`` valid input frames.
+
+        Arguments
+        ---------
+        lengths : torch.Tensor
+            (B,) long input lengths.
+
+        Returns
+        -------
+        torch.Tensor
+            (B,) long output lengths (0 when an input is too short).
+
+        Example
+        -------
+        >>> ConvStack(8, (16, 16), (5, 1), (2, 1)).output_lengths(
+        ...     torch.tensor([20, 5, 4])
+        ... )
+        tensor([8, 1, 0])
+        """
+        lengths = torch.as_tensor(lengths).long()
+        for kernel, stride in zip(self.kernels, self.strides):
+            lengths = self._layer_lengths(lengths, kernel, stride)
+        return lengths
+
+    def min_input_length(self, num_outputs=1):
+        """Fewest input frames giving ``num_outputs`` output frames.
+
+        Arguments
+        ---------
+        num_outputs : int
+            Output frames wanted.
+
+        Returns
+        -------
+        int
+
+        Example
+        -------
+        >>> ConvStack(8, (16, 16, 16), (5, 5, 1), (2, 2, 1)).min_input_length()
+        13
+        """
+        if self.padding == "same":
+            return num_outputs
+        frames = num_outputs
+        for kernel, stride in zip(
+            reversed(self.kernels), reversed(self.strides)
+        ):
+            frames = (frames - 1) * stride + kernel
+        return frames
+
+    def forward(self, x, lengths):
+        """Applies the layers, zeroing padded frames before each one.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            (B, T, input_dim) inputs.
+        lengths : torch.Tensor
+            (B,) long valid frames per utterance.
+
+        Returns
+        -------
+        y : torch.Tensor
+            (B, T', channels[-1]) outputs, 0 past each output length.
+        out_lengths : torch.Tensor
+            (B,) long output lengths.
+        """
+        lengths = lengths.long()
+        layers = zip(self.layers, self.kernels, self.strides)
+        for layer, kernel, stride in layers:
+            x = zero_padding(x, lengths)
+            if isinstance(layer, nn.Conv1d):
+                x = layer(x.transpose(1, 2)).transpose(1, 2)
+            else:
+                x = layer(x)
+            lengths = self._layer_lengths(lengths, kernel, stride)
+        return zero_padding(x, lengths), lengths
+
+    def _layer_lengths(self, lengths, kernel, stride):
+        """Output lengths of one layer."""
+        if self.padding == "same":
+            return lengths
+        lengths = (lengths - kernel).div(stride, rounding_mode="floor") + 1
+        return lengths.clamp(min=0)
+
+
+def zero_padding(x, lengths):
+    """Zeroes the frames of a (B, T, C) batch past each utterance's length.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        (B, T, C) padded batch.
+    lengths : torch.Tensor
+        (B,) long valid frames.
+
+    Returns
+    -------
+    torch.Tensor
+        ``x`` with frames ``t >= lengths[b]`` set to 0.
+
+    Example
+    -------
+    >>> zero_padding(torch.ones(2, 3, 1), torch.tensor([3, 1])).flatten()
+    tensor([1., 1., 1., 1., 0., 0.])
+    """
+    padding = make_padding_mask(lengths, x.shape[1])
+    return x.masked_fill(padding.unsqueeze(-1), 0.0)
