@@ -1,0 +1,343 @@
+"""The EMA teacher: a frozen copy of the student's encoder, averaged in.
+
+The teacher produces the targets of the contrastive loss. It starts as a copy
+of the student's encoder and follows it as an exponential moving average,
+``teacher <- m * teacher + (1 - m) * student``, once per optimizer step, with
+``m`` rising from 0.995 to 1.0 along a cosine (SPEC section 3).
+"""
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def cosine_momentum(step, total_steps, base=0.995, final=1.0):
+    """EMA momentum at an optimizer step.
+
+    Step 0 gives 0.0: the first update copies the student. From step 1 the
+    momentum follows ``final - (final - base) * (cos(pi * s / S) + 1) / 2``
+    (``base`` at s = 0, ``final`` at s = S) and stays at ``final`` after.
+
+    Arguments
+    ---------
+    step : int
+        Number of EMA updates already applied.
+    total_steps : int
+        Length of the cosine (the pretraining's optimizer steps).
+    base : float
+        Momentum at the start of the cosine.
+    final : float
+        Momentum at its end.
+
+    Returns
+    -------
+    float
+        The momentum ``m``.
+
+    Example
+    -------
+    >>> cosine_momentum(0, 100)
+    0.0
+    >>> round(cosine_momentum(50, 100), 4)
+    0.9975
+    >>> cosine_momentum(100, 100), cosine_momentum(500, 100)
+    (1.0, 1.0)
+    """
+    if step <= 0:
+        return 0.0
+    if step >= total_steps:
+        return float(final)
+    cosine = (math.cos(math.pi * step / total_steps) + 1) / 2
+    return final - (final - base) * cosine
+
+
+def unwrap_module(module):
+    """The plain module under DDP / DataParallel / torch.compile wrappers.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        Possibly wrapped module.
+
+    Returns
+    -------
+    torch.nn.Module
+        The innermost wrapped module.
+
+    Example
+    -------
+    >>> linear = nn.Linear(2, 2)
+    >>> unwrap_module(nn.DataParallel(linear)) is linear
+    True
+    """
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while True:
+        if isinstance(module, wrappers):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod  # torch.compile's OptimizedModule
+        else:
+            return module
+
+
+def _clean_name(name):
+    # Submodules compiled one by one carry "_orig_mod." in their names.
+    return name.replace("_orig_mod.", "")
+
+
+def _by_clean_name(named_tensors):
+    return {_clean_name(name): tensor for name, tensor in named_tensors}
+
+
+class EMATeacher(nn.Module):
+    """Exponential moving average of an encoder, frozen and in eval mode.
+
+    The teacher never trains: its parameters do not require gradients and
+    it stays in eval mode whatever ``train()`` asks, because SpeechBrain's
+    ``Brain`` calls ``modules.train()`` every epoch and dropout on the
+    targets is a defect of the reference (SPEC section 7.2). The number of
+    updates applied is a buffer, so it is checkpointed with the weights and
+    a resumed run continues the schedule instead of copying the student
+    again.
+
+    Arguments
+    ---------
+    encoder : torch.nn.Module
+        The student's encoder (an ``S3LEncoder``); deep-copied. It must have
+        ``encode(feats, feat_lens)`` and a ``proj`` layer.
+    base_momentum : float
+        Momentum of the first averaging step (after the initial copy).
+    final_momentum : float
+        Momentum at ``total_steps`` and beyond.
+    total_steps : int
+        Length of the cosine schedule, in updates (optimizer steps).
+
+    Example
+    -------
+    >>> student = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
+    >>> teacher = EMATeacher(student, total_steps=100)
+    >>> teacher.update(student), int(teacher.step)
+    (0.0, 1)
+    >>> round(teacher.momentum(), 4)
+    0.995
+    >>> _ = teacher.train()
+    >>> teacher.encoder[1].training, teacher.encoder[0].weight.requires_grad
+    (False, False)
+    """
+
+    def __init__(
+        self,
+        encoder,
+        base_momentum=0.995,
+        final_momentum=1.0,
+        total_steps=12500,
+    ):
+        super().__init__()
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.encoder = copy.deepcopy(unwrap_module(encoder))
+        self.encoder.requires_grad_(False)
+        self.base_momentum = base_momentum
+        self.final_momentum = final_momentum
+        self.total_steps = total_steps
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.train(False)
+
+    def train(self, mode=True):
+        """Keeps the teacher in eval mode, whatever ``mode`` says.
+
+        Arguments
+        ---------
+        mode : bool
+            Ignored: the targets are computed without dropout.
+
+        Returns
+        -------
+        EMATeacher
+            ``self``.
+
+        Example
+        -------
+        >>> teacher = EMATeacher(nn.Sequential(nn.Dropout()))
+        >>> teacher.train().encoder[0].training
+        False
+        """
+        del mode
+        return super().train(False)
+
+    def momentum(self, step=None):
+        """The momentum the update at ``step`` applies.
+
+        Arguments
+        ---------
+        step : int, optional
+            Update index; default the teacher's own counter (the next
+            update's momentum).
+
+        Returns
+        -------
+        float
+
+        Example
+        -------
+        >>> teacher = EMATeacher(nn.Linear(2, 2), total_steps=10)
+        >>> teacher.momentum(), teacher.momentum(10)
+        (0.0, 1.0)
+        """
+        if step is None:
+            step = int(self.step)
+        return cosine_momentum(
+            step, self.total_steps, self.base_momentum, self.final_momentum
+        )
+
+    @torch.no_grad()
+    def update(self, student):
+        """One EMA step towards ``student``, then advances the counter.
+
+        Call once per optimizer step, after it.
+
+        Arguments
+        ---------
+        student : torch.nn.Module
+            The student's encoder, or a module holding it as ``.encoder``
+            (the ``S3LStudent``); DDP / torch.compile wrappers are unwrapped.
+
+        Returns
+        -------
+        float
+            The momentum applied (0.0: the student was copied).
+
+        Raises
+        ------
+        ValueError
+            If the student's parameters and buffers do not match the
+            teacher's by name and shape.
+
+        Example
+        -------
+        >>> student = nn.Linear(2, 2)
+        >>> teacher = EMATeacher(student, total_steps=10)
+        >>> _ = student.weight.data.fill_(1.0)
+        >>> teacher.update(student)
+        0.0
+        >>> teacher.encoder.weight.tolist()
+        [[1.0, 1.0], [1.0, 1.0]]
+        """
+        student_params, student_buffers = self._match(student)
+        momentum = self.momentum()
+        teacher_params = list(self.encoder.parameters())
+        if momentum == 0.0:
+            torch._foreach_copy_(teacher_params, student_params)
+        elif momentum != 1.0:
+            # lerp: t + (1 - m) * (s - t) = m * t + (1 - m) * s, one pass.
+            torch._foreach_lerp_(teacher_params, student_params, 1 - momentum)
+        for teacher_buffer, student_buffer in zip(
+            self.encoder.buffers(), student_buffers
+        ):
+            teacher_buffer.copy_(student_buffer)
+        self.step += 1
+        return momentum
+
+    def _match(self, student):
+        """The student's parameters and buffers in the teacher's order."""
+        module = unwrap_module(student)
+        ours = _tensor_shapes(self.encoder)
+        if _tensor_shapes(module) != ours and hasattr(module, "encoder"):
+            module = unwrap_module(module.encoder)
+        theirs = _tensor_shapes(module)
+        if theirs != ours:
+            raise ValueError(
+                "EMATeacher.update: the student's encoder does not match the "
+                f"teacher's. Only in the teacher: {sorted(ours - theirs)[:5]}"
+                f"; only in the student: {sorted(theirs - ours)[:5]}."
+            )
+        params = _by_clean_name(module.named_parameters())
+        buffers = _by_clean_name(module.named_buffers())
+        ordered_params = [
+            params[_clean_name(name)]
+            for name, _ in self.encoder.named_parameters()
+        ]
+        ordered_buffers = [
+            buffers[_clean_name(name)]
+            for name, _ in self.encoder.named_buffers()
+        ]
+        return ordered_params, ordered_buffers
+
+    def forward(self, feats, feat_lens, **kwargs):
+        """Runs the teacher's encoder without gradient.
+
+        ``torch.no_grad`` rather than ``torch.inference_mode``: the targets
+        enter the student's loss, whose backward saves them, and inference
+        tensors cannot be saved for backward. ``inference_mode`` plus a
+        ``.clone()`` measured no faster (a 2-layer transformer on CPU: equal
+        within noise), so the copy is not worth it.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            (B, T, n_mels) features.
+        feat_lens : torch.Tensor
+            (B,) frame counts.
+        **kwargs
+            Passed to ``encoder.encode`` (e.g. ``return_layers``).
+
+        Returns
+        -------
+        EncoderOutput
+            What ``encoder.encode`` returns.
+
+        Example
+        -------
+        >>> from s3l_plugin.encoder import S3LEncoder
+        >>> teacher = EMATeacher(S3LEncoder(**S3LEncoder.tiny_config()))
+        >>> feats = torch.randn(1, 120, teacher.encoder.config["n_mels"])
+        >>> teacher(feats, torch.tensor([120])).out.requires_grad
+        False
+        """
+        with torch.no_grad():
+            return self.encoder.encode(feats, feat_lens, **kwargs)
+
+    def encode_projected(self, feats, feat_lens):
+        """The contrastive targets: projected encoder frames, no gradient.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            (B, T, n_mels) features.
+        feat_lens : torch.Tensor
+            (B,) frame counts.
+
+        Returns
+        -------
+        targets : torch.Tensor
+            (B, T', proj_dim); frames past each length are 0.
+        lengths : torch.Tensor
+            (B,) output frame counts.
+
+        Example
+        -------
+        >>> from s3l_plugin.encoder import S3LEncoder
+        >>> teacher = EMATeacher(S3LEncoder(**S3LEncoder.tiny_config()))
+        >>> feats = torch.randn(2, 120, teacher.encoder.config["n_mels"])
+        >>> targets, lengths = teacher.encode_projected(
+        ...     feats, torch.tensor([120, 64])
+        ... )
+        >>> bool((targets[1, lengths[1] :] == 0).all())
+        True
+        """
+        with torch.no_grad():
+            encoded = self.encoder.encode(feats, feat_lens)
+            targets = self.encoder.proj(encoded.out)
+            frames = torch.arange(targets.shape[1], device=targets.device)
+            padding = frames >= encoded.lengths.unsqueeze(1)
+            # The projection's bias would make padded frames non-zero.
+            targets = targets.masked_fill(padding.unsqueeze(-1), 0.0)
+        return targets, encoded.lengths
+
+
+def _tensor_shapes(module):
+    """Set of (name, shape) of a module's parameters and buffers."""
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    return {(_clean_name(name), tuple(value.shape)) for name, value in named}
