@@ -14,6 +14,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["s3l_plugin", "s3l_plugin.*"]),
+    package_data={"s3l_plugin.data": ["words.txt"]},
     install_requires=[
         "torch>=2.5",
         "torchaudio>=2.5",
