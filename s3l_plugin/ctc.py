@@ -1,0 +1,496 @@
+"""CTC speech recognition on top of the S3L encoder (SPEC 6).
+
+The representation is a learned, softmax-normalised weighted sum of the last
+transformer layers (512-d, 80 ms); ``CTCHead`` up-samples it back to 10 ms
+frames and maps every frame to linear logits over the vocabulary. Lengths
+are absolute frame counts throughout: padding never enters the loss.
+
+Authors
+ * S3L contributors 2025
+"""
+
+import torch
+import torch.nn.functional as F
+from speechbrain.decoders.ctc import ctc_greedy_decode
+from torch import nn
+
+from s3l_plugin.conv import zero_padding
+
+
+class WeightedLayerSum(nn.Module):
+    """Learned weighted sum of layer outputs, weights ``softmax(raw)``.
+
+    The weights are positive and sum to 1 whatever the raw parameters (the
+    reference divides by their sum, which can be ~0 or negative: SPEC 7.5).
+    They start equal.
+
+    Arguments
+    ---------
+    num_layers : int
+        Number of layers summed.
+
+    Example
+    -------
+    >>> layer_sum = WeightedLayerSum(2)
+    >>> layer_sum.weights.tolist()
+    [0.5, 0.5]
+    >>> layer_sum([torch.ones(1, 3, 4), torch.zeros(1, 3, 4)])[0, 0, 0].item()
+    0.5
+    """
+
+    def __init__(self, num_layers=2):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.num_layers = num_layers
+        self.raw_weights = nn.Parameter(torch.zeros(num_layers))
+
+    @property
+    def weights(self):
+        """The (num_layers,) normalised weights."""
+        return torch.softmax(self.raw_weights.float(), dim=0)
+
+    def forward(self, layers):
+        """Sums the layers.
+
+        Arguments
+        ---------
+        layers : list of torch.Tensor
+            ``num_layers`` tensors of the same shape (B, T, D).
+
+        Returns
+        -------
+        torch.Tensor
+            (B, T, D) weighted sum.
+        """
+        if len(layers) != self.num_layers:
+            raise ValueError(
+                f"WeightedLayerSum expects {self.num_layers} layers, got "
+                f"{len(layers)}"
+            )
+        shapes = {tuple(layer.shape) for layer in layers}
+        if len(shapes) != 1:
+            raise ValueError(
+                "Layers with different shapes cannot be summed (layers at "
+                f"different frame rates?): {sorted(shapes)}"
+            )
+        stacked = torch.stack(list(layers), dim=0)
+        weights = self.weights.to(stacked.dtype).view(-1, 1, 1, 1)
+        return (weights * stacked).sum(dim=0)
+
+
+class _ConvLNBlock(nn.Module):
+    """Conv1d ('same') -> LayerNorm -> ReLU -> dropout, padding masked."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, dropout):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.conv = nn.Conv1d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2
+        )
+        self.norm = nn.LayerNorm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, lengths):
+        """(B, T, C_in) -> (B, T, C_out); padded inputs zeroed first."""
+        x = self.conv(zero_padding(x, lengths).transpose(1, 2))
+        return self.dropout(torch.relu(self.norm(x.transpose(1, 2))))
+
+
+class CTCHead(nn.Module):
+    """Up-sampling convolutional CTC head (SPEC 6).
+
+    Conv1d ``input_dim -> upsample * channels`` (kernel ``kernel_size``,
+    'same'), reshaped to ``upsample`` times more frames (80 ms -> 10 ms),
+    LayerNorm, ReLU, dropout; then ``num_conv`` blocks of Conv1d
+    (``channels``, 'same') -> LayerNorm -> ReLU -> dropout; then a Linear
+    to ``vocab_size`` LINEAR logits (no ReLU: SPEC 7.4). Padded frames are
+    zeroed before every convolution, so an utterance's logits do not
+    depend on its batch.
+
+    Arguments
+    ---------
+    input_dim : int
+        Size of the input frames.
+    upsample : int
+        Output frames per input frame.
+    channels : int
+        Channels of the up-sampled frames and the convolutions.
+    kernel_size : int
+        Kernel of every convolution (odd).
+    num_conv : int
+        Convolution blocks after the up-sampling.
+    dropout : float
+        Dropout after each block.
+    vocab_size : int
+        Output classes, blank included.
+
+    Example
+    -------
+    >>> head = CTCHead(input_dim=16, channels=8, vocab_size=5).eval()
+    >>> logits, lengths = head(torch.randn(2, 3, 16), torch.tensor([3, 2]))
+    >>> logits.shape, lengths.tolist()
+    (torch.Size([2, 24, 5]), [24, 16])
+    """
+
+    def __init__(
+        self,
+        input_dim=512,
+        upsample=8,
+        channels=512,
+        kernel_size=5,
+        num_conv=2,
+        dropout=0.1,
+        vocab_size=29,
+    ):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.upsample = upsample
+        self.channels = channels
+        self.vocab_size = vocab_size
+        self.upsample_conv = nn.Conv1d(
+            input_dim,
+            upsample * channels,
+            kernel_size,
+            padding=kernel_size // 2,
+        )
+        self.upsample_norm = nn.LayerNorm(channels)
+        self.upsample_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            _ConvLNBlock(channels, channels, kernel_size, dropout)
+            for _ in range(num_conv)
+        )
+        self.output = nn.Linear(channels, vocab_size)
+
+    def output_lengths(self, lengths):
+        """Output frames for ``lengths`` input frames (``upsample`` x).
+
+        Arguments
+        ---------
+        lengths : torch.Tensor
+            (B,) long input frame counts.
+
+        Returns
+        -------
+        torch.Tensor
+            (B,) long output frame counts.
+
+        Example
+        -------
+        >>> CTCHead(16, channels=8).output_lengths(torch.tensor([3, 1]))
+        tensor([24,  8])
+        """
+        return lengths.long() * self.upsample
+
+    def forward(self, x, lengths):
+        """Maps encoder frames to per-10-ms logits.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            (B, T, input_dim) encoder frames.
+        lengths : torch.Tensor
+            (B,) long valid frames.
+
+        Returns
+        -------
+        logits : torch.Tensor
+            (B, upsample * T, vocab_size) linear logits.
+        out_lengths : torch.Tensor
+            (B,) long valid output frames (``upsample * lengths``).
+        """
+        lengths = lengths.to(x.device).long()
+        batch, frames, _ = x.shape
+        y = self.upsample_conv(zero_padding(x, lengths).transpose(1, 2))
+        # (B, upsample * C, T) -> (B, T, upsample, C) -> (B, upsample*T, C):
+        # input frame t becomes output frames upsample*t ... upsample*t+7.
+        y = y.transpose(1, 2).reshape(
+            batch, frames * self.upsample, self.channels
+        )
+        y = self.upsample_dropout(torch.relu(self.upsample_norm(y)))
+        out_lengths = self.output_lengths(lengths)
+        for block in self.blocks:
+            y = block(y, out_lengths)
+        return self.output(y), out_lengths
+
+
+def ctc_representation(encoder, layer_sum, feats, feat_lens):
+    """Weighted sum of the encoder's last ``layer_sum.num_layers`` layers.
+
+    Arguments
+    ---------
+    encoder : s3l_plugin.encoder.S3LEncoder
+        The encoder (run with its current mode and grad setting).
+    layer_sum : WeightedLayerSum
+        The layer weights.
+    feats : torch.Tensor
+        (B, T, n_mels) features.
+    feat_lens : torch.Tensor
+        (B,) long valid feature frames.
+
+    Returns
+    -------
+    x : torch.Tensor
+        (B, T', d_model) representation, 0 on padded frames.
+    lengths : torch.Tensor
+        (B,) long valid frames.
+
+    Example
+    -------
+    >>> from s3l_plugin.encoder import S3LEncoder
+    >>> config = dict(S3LEncoder.tiny_config(), transf2_layers=2)
+    >>> encoder = S3LEncoder(**config).eval()
+    >>> x, lens = ctc_representation(
+    ...     encoder, WeightedLayerSum(2), torch.randn(2, 101, 16),
+    ...     torch.tensor([101, 60]))
+    >>> x.shape, lens.tolist()
+    (torch.Size([2, 10, 16]), [10, 4])
+    """
+    encoded = encoder.encode(feats, feat_lens, return_layers=True)
+    return _sum_last_layers(encoded, layer_sum)
+
+
+class S3LCTC(nn.Module):
+    """Encoder + weighted sum of its last layers + CTC head, one module.
+
+    One module so that DistributedDataParallel sees the whole forward pass.
+    The encoder's contrastive projection ``proj`` is unused and frozen.
+    With ``freeze_encoder`` the encoder takes no gradient
+    (``requires_grad`` False), runs under ``no_grad`` and stays in eval mode
+    whatever ``train()`` asks (SpeechBrain calls ``train()`` every epoch).
+
+    Arguments
+    ---------
+    encoder : s3l_plugin.encoder.S3LEncoder
+        The (pretrained) encoder.
+    head : CTCHead
+        The CTC head; its ``input_dim`` is the encoder's ``d_model``.
+    num_layers : int
+        How many of the last transformer layers are summed.
+    freeze_encoder : bool
+        Train only the layer weights and the head.
+
+    Example
+    -------
+    >>> from s3l_plugin.encoder import S3LEncoder
+    >>> encoder = S3LEncoder(**dict(S3LEncoder.tiny_config(), transf2_layers=2))
+    >>> model = S3LCTC(encoder, CTCHead(16, channels=8, vocab_size=5),
+    ...                freeze_encoder=True)
+    >>> logits, lengths = model(torch.randn(2, 101, 16), torch.tensor([101, 60]))
+    >>> logits.shape, lengths.tolist()
+    (torch.Size([2, 80, 5]), [80, 32])
+    >>> model.train().encoder.training
+    False
+    """
+
+    def __init__(self, encoder, head, num_layers=2, freeze_encoder=False):
+        super().__init__()
+        self.encoder = encoder
+        self.layer_sum = WeightedLayerSum(num_layers)
+        self.head = head
+        self.freeze_encoder = freeze_encoder
+        # The contrastive projection is not used here; frozen, it takes no
+        # optimizer state and DDP needs no find_unused_parameters.
+        if hasattr(self.encoder, "proj"):
+            self.encoder.proj.requires_grad_(False)
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode=True):
+        """Sets the mode; a frozen encoder stays in eval mode.
+
+        Arguments
+        ---------
+        mode : bool
+            Training mode.
+
+        Returns
+        -------
+        S3LCTC
+            self.
+        """
+        super().train(mode)
+        if self.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def forward(self, feats, feat_lens):
+        """Logits for every 10 ms frame.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            (B, T, n_mels) features (possibly SpecAugmented).
+        feat_lens : torch.Tensor
+            (B,) long valid feature frames.
+
+        Returns
+        -------
+        logits : torch.Tensor
+            (B, T_out, vocab_size) linear logits.
+        lengths : torch.Tensor
+            (B,) long valid output frames.
+        """
+        if self.freeze_encoder:
+            with torch.no_grad():
+                encoded = self.encoder.encode(
+                    feats, feat_lens, return_layers=True
+                )
+        else:
+            encoded = self.encoder.encode(feats, feat_lens, return_layers=True)
+        x, lengths = _sum_last_layers(encoded, self.layer_sum)
+        return self.head(x, lengths)
+
+
+def _sum_last_layers(encoded, layer_sum):
+    """Weighted sum of the last ``layer_sum.num_layers`` layers."""
+    num = layer_sum.num_layers
+    if num > len(encoded.layers):
+        raise ValueError(
+            f"Summing the last {num} layers of an encoder that has only "
+            f"{len(encoded.layers)} transformer layers"
+        )
+    lengths = encoded.layer_lengths[-num:]
+    if any(not torch.equal(lens, lengths[-1]) for lens in lengths):
+        raise ValueError(
+            f"The last {num} encoder layers run at different frame rates "
+            "(some belong to transf1): sum fewer layers"
+        )
+    return layer_sum(encoded.layers[-num:]), lengths[-1]
+
+
+def ctc_loss(
+    logits, lengths, targets, target_lengths, blank=0, reduction="mean"
+):
+    """CTC loss with absolute (true, unpadded) lengths.
+
+    Log-softmax is taken in float32 (also under bf16 autocast). Padded
+    frames and padded targets never enter the loss: an utterance's loss is
+    the same alone or padded in a batch. Infeasible alignments (target
+    longer than the frames) give 0 instead of inf (``zero_infinity``);
+    the recipe filters them out beforehand.
+
+    Arguments
+    ---------
+    logits : torch.Tensor
+        (B, T, V) linear logits.
+    lengths : torch.Tensor
+        (B,) long valid frames.
+    targets : torch.Tensor
+        (B, L) token ids, padded.
+    target_lengths : torch.Tensor
+        (B,) long valid tokens.
+    blank : int
+        Blank index.
+    reduction : str
+        ``"mean"`` (each loss divided by its target length, then averaged
+        over the batch: torch's convention), ``"sum"`` or ``"none"``.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, or (B,) for ``"none"``.
+
+    Example
+    -------
+    >>> logits = torch.randn(2, 10, 5)
+    >>> targets = torch.tensor([[1, 2, 3], [4, 0, 0]])
+    >>> loss = ctc_loss(logits, torch.tensor([10, 6]), targets,
+    ...                 torch.tensor([3, 1]), reduction="none")
+    >>> alone = ctc_loss(logits[1:, :6], torch.tensor([6]), targets[1:, :1],
+    ...                  torch.tensor([1]), reduction="none")
+    >>> torch.allclose(loss[1], alone[0])
+    True
+    """
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    return F.ctc_loss(
+        log_probs.transpose(0, 1),
+        targets.long(),
+        lengths.long(),
+        target_lengths.long(),
+        blank=blank,
+        reduction=reduction,
+        zero_infinity=True,
+    )
+
+
+def ctc_feasible(tokens, frames):
+    """Whether a CTC alignment of ``tokens`` fits in ``frames`` frames.
+
+    Each token needs a frame, and a repeated token a blank between.
+
+    Arguments
+    ---------
+    tokens : list of int
+        Target ids.
+    frames : int
+        Output frames.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> ctc_feasible([1, 1, 2], 3), ctc_feasible([1, 1, 2], 4)
+    (False, True)
+    """
+    repeats = sum(a == b for a, b in zip(tokens, tokens[1:]))
+    return len(tokens) + repeats <= frames
+
+
+def relative_lengths(lengths, max_len):
+    """Absolute lengths as SpeechBrain relative lengths (in (0, 1]).
+
+    Arguments
+    ---------
+    lengths : torch.Tensor
+        (B,) absolute lengths.
+    max_len : int
+        The padded length.
+
+    Returns
+    -------
+    torch.Tensor
+        (B,) float64, ``lengths / max_len`` (float64 so that
+        ``round(rel * max_len)`` gives back the exact length).
+
+    Example
+    -------
+    >>> relative_lengths(torch.tensor([3, 6]), 6).tolist()
+    [0.5, 1.0]
+    """
+    return lengths.double() / max_len
+
+
+def greedy_decode(logits, lengths, blank=0):
+    """Best-path CTC decoding: argmax, collapse repeats, drop blanks.
+
+    Uses SpeechBrain's ``ctc_greedy_decode`` over the valid frames only.
+
+    Arguments
+    ---------
+    logits : torch.Tensor
+        (B, T, V) logits or log-probabilities.
+    lengths : torch.Tensor
+        (B,) long valid frames.
+    blank : int
+        Blank index.
+
+    Returns
+    -------
+    list of list of int
+        Token ids per utterance.
+
+    Example
+    -------
+    >>> ids = torch.tensor([[1, 1, 0, 1, 2, 2, 0, 0]])
+    >>> logits = F.one_hot(ids, 3).float()
+    >>> greedy_decode(logits, torch.tensor([8]))
+    [[1, 1, 2]]
+    """
+    rel = relative_lengths(lengths.to(logits.device), logits.shape[1])
+    return ctc_greedy_decode(logits.detach().float(), rel, blank_id=blank)

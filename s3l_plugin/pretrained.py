@@ -1,0 +1,481 @@
+"""Saving, loading and using a pretrained S3L encoder.
+
+A pretrained encoder is a folder holding two files:
+
+- ``encoder.ckpt``: the student ``S3LEncoder``'s ``state_dict`` (torch.save);
+- ``encoder_config.json``: the ``S3LEncoder`` constructor arguments.
+
+``load_encoder`` rebuilds the encoder from both; ``transfer_encoder`` is the
+same strict, checked load as a SpeechBrain ``Pretrainer`` hook, for recipes
+that build the encoder from YAML. ``extract_features`` gives the
+per-layer representations of waveforms.
+
+Authors
+ * S3L contributors 2025
+"""
+
+import json
+import logging
+import os
+
+import torch
+
+from s3l_plugin.data.atomic import atomic_path, write_text_atomic
+from s3l_plugin.data.audio import load_audio
+from s3l_plugin.encoder import S3LEncoder
+
+logger = logging.getLogger(__name__)
+
+CKPT_FILE = "encoder.ckpt"
+CONFIG_FILE = "encoder_config.json"
+# Constructor arguments that change the parameters (names or shapes).
+ARCHITECTURE_KEYS = (
+    "n_mels",
+    "d_model",
+    "nhead",
+    "d_ffn",
+    "conv1_channels",
+    "conv2_channels",
+    "transf1_layers",
+    "transf2_layers",
+    "proj_dim",
+    "pos_conv_kernel",
+    "pos_conv_groups",
+    "normalize_features",
+)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model; the message says how."""
+
+
+def _unwrap(module):
+    """The module inside a DistributedDataParallel / DataParallel wrapper."""
+    return getattr(module, "module", module)
+
+
+def _jsonable(config):
+    """Tuples to lists, so the JSON reads back as it was written."""
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in config.items()
+    }
+
+
+def save_encoder(encoder, folder, config=None):
+    """Writes ``encoder.ckpt`` and ``encoder_config.json`` into ``folder``.
+
+    Arguments
+    ---------
+    encoder : S3LEncoder
+        The encoder (a DDP wrapper is unwrapped).
+    folder : str
+        Output folder (created if needed).
+    config : dict, optional
+        Constructor arguments; default ``encoder.config``.
+
+    Returns
+    -------
+    str
+        Path of ``encoder.ckpt``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> folder = tempfile.mkdtemp()
+    >>> os.path.basename(save_encoder(encoder, folder))
+    'encoder.ckpt'
+    >>> sorted(os.listdir(folder))
+    ['encoder.ckpt', 'encoder_config.json']
+    """
+    encoder = _unwrap(encoder)
+    if config is None:
+        config = getattr(encoder, "config", None)
+    if config is None:
+        raise ValueError(
+            f"{type(encoder).__name__} has no `config`: pass the constructor "
+            "arguments as save_encoder(encoder, folder, config)"
+        )
+    os.makedirs(folder, exist_ok=True)
+    ckpt_path = os.path.join(folder, CKPT_FILE)
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    with atomic_path(ckpt_path) as tmp_path:
+        torch.save(state, tmp_path)
+    text = json.dumps(_jsonable(config), indent=2, sort_keys=True) + "\n"
+    write_text_atomic(os.path.join(folder, CONFIG_FILE), text)
+    return ckpt_path
+
+
+def encoder_files(path):
+    """The checkpoint and config paths of a pretrained encoder.
+
+    Arguments
+    ---------
+    path : str
+        The folder holding both files, or the ``.ckpt`` file with
+        ``encoder_config.json`` beside it.
+
+    Returns
+    -------
+    ckpt_path : str
+    config_path : str
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the missing file.
+
+    Example
+    -------
+    >>> encoder_files("missing_folder")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: Pretrained encoder not found: missing_folder ...
+    """
+    if os.path.isdir(path):
+        ckpt_path = os.path.join(path, CKPT_FILE)
+    elif os.path.isfile(path):
+        ckpt_path = path
+    else:
+        raise FileNotFoundError(
+            f"Pretrained encoder not found: {path} is neither a folder "
+            f"holding {CKPT_FILE} and {CONFIG_FILE} nor a checkpoint file"
+        )
+    config_path = os.path.join(os.path.dirname(ckpt_path), CONFIG_FILE)
+    for name in (ckpt_path, config_path):
+        if not os.path.isfile(name):
+            raise FileNotFoundError(
+                f"Pretrained encoder file missing: {name} (a pretrained "
+                f"encoder folder holds {CKPT_FILE} and {CONFIG_FILE}, as "
+                "written by pretrain.py)"
+            )
+    return ckpt_path, config_path
+
+
+def read_encoder_config(path):
+    """The ``S3LEncoder`` constructor arguments of a pretrained encoder.
+
+    Arguments
+    ---------
+    path : str
+        Folder, ``.ckpt`` file (config beside it) or the JSON file itself.
+
+    Returns
+    -------
+    dict
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = save_encoder(S3LEncoder(**S3LEncoder.tiny_config()), folder)
+    >>> read_encoder_config(folder)["d_model"]
+    16
+    """
+    if str(path).endswith(".json") and os.path.isfile(path):
+        config_path = path
+    else:
+        _, config_path = encoder_files(path)
+    with open(config_path, encoding="utf-8") as fin:
+        try:
+            config = json.load(fin)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_path}: invalid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def architecture_mismatches(config, reference):
+    """Architecture arguments whose values differ between two configs.
+
+    Arguments
+    ---------
+    config : dict
+        ``S3LEncoder`` constructor arguments (e.g. the YAML's).
+    reference : dict
+        Others (e.g. a checkpoint's ``encoder_config.json``).
+
+    Returns
+    -------
+    list of str
+        ``"key: value vs reference_value"`` for each differing key of
+        ``ARCHITECTURE_KEYS`` (a key missing on either side uses the
+        ``S3LEncoder`` default).
+
+    Example
+    -------
+    >>> architecture_mismatches({"d_model": 16}, {"d_model": 32})
+    ['d_model: 16 vs 32']
+    """
+    defaults = _encoder_defaults()
+    mismatches = []
+    for key in ARCHITECTURE_KEYS:
+        ours = _normal(config.get(key, defaults[key]))
+        theirs = _normal(reference.get(key, defaults[key]))
+        if ours != theirs:
+            mismatches.append(f"{key}: {ours} vs {theirs}")
+    return mismatches
+
+
+def _normal(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _encoder_defaults():
+    """S3LEncoder's constructor defaults (without building one)."""
+    import inspect
+
+    signature = inspect.signature(S3LEncoder.__init__)
+    return {
+        name: param.default
+        for name, param in signature.parameters.items()
+        if param.default is not inspect.Parameter.empty
+    }
+
+
+def check_state_dict(module, state_dict, source="checkpoint"):
+    """Raises unless ``state_dict`` fits ``module`` exactly.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The model.
+    state_dict : dict
+        Parameters and buffers to load.
+    source : str
+        Named in the error (e.g. the checkpoint path).
+
+    Raises
+    ------
+    CheckpointMismatchError
+        One line listing the missing keys, unexpected keys and shape
+        mismatches.
+
+    Example
+    -------
+    >>> check_state_dict(torch.nn.Linear(2, 3), {"weight": torch.zeros(3, 4)})
+    Traceback (most recent call last):
+    ...
+    s3l_plugin.pretrained.CheckpointMismatchError: checkpoint does not match ...
+    """
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    shapes = [
+        f"{key} {tuple(state_dict[key].shape)} vs model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state_dict
+        and tuple(getattr(state_dict[key], "shape", ())) != tuple(value.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    problems = []
+    for name, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", shapes),
+    ):
+        if items:
+            shown = ", ".join(items[:5])
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            problems.append(f"{len(items)} {name}: {shown}{more}")
+    raise CheckpointMismatchError(
+        f"{source} does not match the {type(module).__name__} architecture "
+        f"({'; '.join(problems)}); build the model with the checkpoint's "
+        f"{CONFIG_FILE}"
+    )
+
+
+def load_state_dict_checked(module, path, map_location="cpu"):
+    """Loads ``path`` into ``module`` strictly, with a one-line error.
+
+    Arguments
+    ---------
+    module : torch.nn.Module
+        The model (a DDP wrapper is unwrapped).
+    path : str
+        A ``torch.save``-d state_dict.
+    map_location : str or torch.device
+        Where tensors are loaded.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "lin.ckpt")
+    >>> torch.save(torch.nn.Linear(2, 3).state_dict(), path)
+    >>> load_state_dict_checked(torch.nn.Linear(2, 3), path)
+    """
+    module = _unwrap(module)
+    state_dict = torch.load(path, map_location=map_location, weights_only=True)
+    check_state_dict(module, state_dict, source=str(path))
+    module.load_state_dict(state_dict, strict=True)
+
+
+def transfer_encoder(obj, path):
+    """``Pretrainer`` hook: strict, checked load of an encoder checkpoint.
+
+    SpeechBrain's default transfer is non-strict (a mismatch only logs
+    warnings); use this as ``custom_hooks: {encoder: !name:...}``.
+
+    Arguments
+    ---------
+    obj : torch.nn.Module
+        The encoder.
+    path : str
+        Its ``encoder.ckpt``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = save_encoder(S3LEncoder(**S3LEncoder.tiny_config()), folder)
+    >>> transfer_encoder(S3LEncoder(**S3LEncoder.tiny_config()), path)
+    """
+    load_state_dict_checked(obj, path)
+    logger.info("Pretrained encoder loaded from %s", path)
+
+
+def load_encoder(path, map_location="cpu", **overrides):
+    """Rebuilds a pretrained ``S3LEncoder``, in eval mode.
+
+    Arguments
+    ---------
+    path : str
+        Folder with ``encoder.ckpt`` and ``encoder_config.json``, or the
+        ``.ckpt`` file with the JSON beside it.
+    map_location : str or torch.device
+        Device of the returned encoder.
+    **overrides
+        Constructor arguments replacing the saved ones (e.g.
+        ``attention_backend="sdpa"``, ``dropout=0.0``).
+
+    Returns
+    -------
+    S3LEncoder
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the missing file.
+    CheckpointMismatchError
+        If the checkpoint does not fit the configured architecture.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = save_encoder(S3LEncoder(**S3LEncoder.tiny_config()), folder)
+    >>> encoder = load_encoder(folder, attention_backend="sdpa")
+    >>> encoder.training, encoder.config["attention_backend"]
+    (False, 'sdpa')
+    """
+    ckpt_path, config_path = encoder_files(path)
+    config = dict(read_encoder_config(config_path), **overrides)
+    try:
+        encoder = S3LEncoder(**config)
+    except TypeError as error:
+        raise ValueError(f"{config_path}: {error}") from None
+    load_state_dict_checked(encoder, ckpt_path)
+    return encoder.to(map_location).eval()
+
+
+def extract_features(encoder, wavs, wav_lens=None, layers=None):
+    """Per-layer representations of a batch of waveforms.
+
+    Runs in eval mode (dropout off) without gradients; the encoder's
+    train/eval mode is restored afterwards. Padded frames are 0.
+
+    Arguments
+    ---------
+    encoder : S3LEncoder
+        The encoder.
+    wavs : torch.Tensor
+        (B, S) 16 kHz waveforms, or (S,) for one.
+    wav_lens : torch.Tensor, optional
+        (B,) relative lengths; None means all full.
+    layers : list of int, optional
+        Indices of the transformer layers to return (negative counts from
+        the end: ``[-2, -1]`` is the last two); None means all.
+
+    Returns
+    -------
+    features : list of torch.Tensor
+        One (B, T_i, d_model) tensor per selected layer, in order (transf1
+        layers at 40 ms, transf2 layers at 80 ms).
+    lengths : list of torch.Tensor
+        (B,) long valid frames of each.
+
+    Example
+    -------
+    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> feats, lens = extract_features(encoder, torch.randn(2, 16000),
+    ...                                torch.tensor([1.0, 0.5]))
+    >>> [tuple(f.shape) for f in feats], lens[-1].tolist()
+    ([(2, 23, 16), (2, 10, 16)], [10, 3])
+    """
+    if wavs.dim() == 1:
+        wavs = wavs.unsqueeze(0)
+    device = next(encoder.parameters()).device
+    wavs = wavs.to(device)
+    if wav_lens is not None:
+        wav_lens = wav_lens.to(device)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            feats, feat_lens = encoder.features(wavs, wav_lens)
+            encoded = encoder.encode(feats, feat_lens, return_layers=True)
+    finally:
+        encoder.train(was_training)
+    num_layers = len(encoded.layers)
+    indices = range(num_layers) if layers is None else layers
+    outputs, lengths = [], []
+    for index in indices:
+        if not -num_layers <= index < num_layers:
+            raise IndexError(
+                f"layer {index} out of range: the encoder has {num_layers} "
+                "transformer layers"
+            )
+        outputs.append(encoded.layers[index])
+        lengths.append(encoded.layer_lengths[index])
+    return outputs, lengths
+
+
+def extract_features_from_file(encoder, path, layers=None):
+    """Per-layer representations of one audio file.
+
+    The file is read with soundfile; several channels are down-mixed and
+    another sample rate is resampled to the encoder's (16 kHz), each with a
+    warning.
+
+    Arguments
+    ---------
+    encoder : S3LEncoder
+        The encoder.
+    path : str
+        Audio file (WAV, FLAC, ...).
+    layers : list of int, optional
+        As in ``extract_features``.
+
+    Returns
+    -------
+    features : list of torch.Tensor
+        One (1, T_i, d_model) tensor per selected layer.
+    lengths : list of torch.Tensor
+        (1,) valid frames of each.
+
+    Example
+    -------
+    >>> import tempfile, numpy, soundfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> soundfile.write(path, numpy.random.randn(4000, 2) * 0.1, 8000)
+    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> feats, _ = extract_features_from_file(encoder, path, layers=[-1])
+    >>> tuple(feats[0].shape)
+    (1, 3, 16)
+    """
+    sample_rate = encoder.features.sample_rate
+    wav = load_audio(path, sample_rate=sample_rate)
+    return extract_features(encoder, wav.unsqueeze(0), layers=layers)

@@ -1,0 +1,201 @@
+"""The CTC finetuning recipe, end to end on a tiny generated corpus."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from s3l_plugin.data.mini_librispeech import generate_mini_librispeech
+from s3l_plugin.encoder import S3LEncoder
+from s3l_plugin.pretrained import save_encoder
+from s3l_plugin.recipe_utils import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "LibriSpeech", "finetune.py")
+TINY_YAML = os.path.join(ROOT, "hparams", "finetune_ctc_tiny.yaml")
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("finetune_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+finetune = _load_recipe()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster (and far more steadily) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("corpus") / "mini")
+    generate_mini_librispeech(
+        folder,
+        seed=3,
+        train_minutes=0.6,
+        dev_minutes=0.15,
+        test_minutes=0.15,
+        train_speakers=2,
+        dev_speakers=1,
+        test_speakers=1,
+        with_noise=False,
+        progress=False,
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    torch.manual_seed(0)
+    encoder = S3LEncoder(**dict(S3LEncoder.tiny_config(), transf2_layers=2))
+    folder = str(tmp_path_factory.mktemp("pretrained"))
+    save_encoder(encoder, folder)
+    return encoder, folder
+
+
+def _args(corpus, pretrained_folder, output_folder, *extra):
+    return [
+        TINY_YAML,
+        f"--data_folder={corpus}",
+        f"--pretrained_path={pretrained_folder}",
+        f"--output_folder={output_folder}",
+        "--head_channels=16",
+        "--noprogressbar",
+        *extra,
+    ]
+
+
+def test_architecture_comes_from_the_checkpoint(tmp_path, pretrained):
+    _, folder = pretrained
+    output = str(tmp_path)
+    hparams, overrides = finetune.load_hparams(
+        TINY_YAML, {"pretrained_path": folder, "output_folder": output}
+    )
+    assert hparams["encoder"].config["d_model"] == 16
+    assert hparams["head"].upsample_conv.in_channels == 16
+    assert overrides["n_mels"] == 16
+    with pytest.raises(ConfigError, match=r"d_model=32 \(checkpoint: 16\)"):
+        finetune.load_hparams(
+            TINY_YAML,
+            {
+                "pretrained_path": folder,
+                "output_folder": output,
+                "d_model": 32,
+                "nhead": 4,
+            },
+        )
+
+
+def test_nonpositive_max_grad_norm_is_rejected(tmp_path, corpus, pretrained):
+    args = _args(corpus, pretrained[1], tmp_path, "--max_grad_norm=0")
+    with pytest.raises(ConfigError, match="max_grad_norm"):
+        finetune.main(args)
+
+
+def test_frozen_encoder_stays_frozen(tmp_path, corpus, pretrained):
+    encoder, folder = pretrained
+    brain = finetune.main(
+        _args(
+            corpus,
+            folder,
+            tmp_path / "frozen",
+            "--freeze_encoder=True",
+            "--total_steps=3",
+            "--number_of_epochs=1",
+            "--test_splits=[]",
+        )
+    )
+    model = brain.modules.model
+    assert brain.optimizer_step == 3
+    assert set(brain.optimizers_dict) == {"head_optimizer"}
+    in_optimizer = {
+        id(p)
+        for opt in brain.optimizers_dict.values()
+        for group in opt.param_groups
+        for p in group["params"]
+    }
+    assert not any(id(p) in in_optimizer for p in model.encoder.parameters())
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, model.encoder.state_dict()[key]), key
+    # The head and the layer weights did train.
+    assert (model.layer_sum.raw_weights != 0).any()
+    fresh, _ = finetune.load_hparams(
+        TINY_YAML,
+        {
+            "pretrained_path": folder,
+            "output_folder": str(tmp_path / "x"),
+            "head_channels": 16,
+        },
+    )
+    assert not torch.equal(
+        fresh["head"].output.weight, model.head.output.weight
+    )
+
+
+def test_tiny_finetune_lowers_loss_and_writes_wer(tmp_path, corpus, pretrained):
+    output = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    result = subprocess.run(
+        [sys.executable, RECIPE]
+        + _args(
+            corpus,
+            pretrained[1],
+            output,
+            "--total_steps=40",
+            "--number_of_epochs=8",
+            "--lr_head=0.005",
+            "--test_beam_search=True",
+            "--beam_size=4",
+        ),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = re.search(r"test-clean WER: (\d+\.\d\d)%", result.stdout)
+    assert match, result.stdout[-2000:]
+    wer_file = output / "wer_test-clean.txt"
+    assert wer_file.is_file()
+    assert "%WER" in wer_file.read_text()
+    assert (output / "wer_beam_test-clean.txt").is_file()
+    assert "beam search:" in match.string
+    log = (output / "train_log.txt").read_text()
+    losses = [float(x) for x in re.findall(r"train loss: ([\d.e+-]+)", log)]
+    assert len(losses) == 8, log
+    assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_sentencepiece_vocabulary_is_trained_and_checked(tmp_path):
+    lines = ["ID,duration,wav,spk_id,wrd"] + [
+        f"u{i},1.0,x.flac,1-1,THE CAT SAT ON THE MAT NUMBER {i % 3}"
+        for i in range(30)
+    ]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    hparams, _ = finetune.load_hparams(
+        TINY_YAML,
+        {
+            "output_folder": str(tmp_path / "out"),
+            "vocab": "sentencepiece",
+            "sp_vocab_size": 18,
+        },
+    )
+    vocab = finetune.build_vocabulary(hparams, str(tmp_path))
+    assert len(vocab) == 19
+    assert os.path.isfile(hparams["sp_model_prefix"] + ".model")
+    with pytest.raises(ConfigError, match="--output_neurons=19"):
+        finetune.check_config(hparams, vocab)
