@@ -30,7 +30,8 @@ setup(
     extras_require={
         # flash-attn builds only against CUDA; CPU machines use torch SDPA.
         "flash": ["flash-attn>=2.5"],
-        "dev": ["pytest>=7.4", "ruff>=0.5"],
+        "dev": ["pytest>=7.4", "ruff>=0.5", "matplotlib>=3.5"],
+        "experiments": ["matplotlib>=3.5"],
         "lm": ["kenlm"],
     },
 )

@@ -1,0 +1,315 @@
+"""Assembly of the S3L teacher-student pretraining step.
+
+The recipe's ``Brain`` and the benchmarks share this code, so what is timed
+is what is trained.
+"""
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class S3LStudent(nn.Module):
+    """The trained half of S3L: encoder, projection and predictor.
+
+    One module so that a single ``forward`` carries the whole student (what
+    DistributedDataParallel needs to synchronise its gradients).
+
+    Arguments
+    ---------
+    encoder : s3l_plugin.encoder.S3LEncoder
+        The encoder; its ``proj`` maps its frames to the target space.
+    predictor : s3l_plugin.predictor.Predictor
+        Maps projected frames to predictions of the teacher's targets.
+
+    Example
+    -------
+    >>> from s3l_plugin.encoder import S3LEncoder
+    >>> from s3l_plugin.predictor import Predictor
+    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> student = S3LStudent(encoder, Predictor(16, (16, 16), (5, 1)))
+    >>> feats = torch.randn(2, 120, encoder.config["n_mels"])
+    >>> predictions, lengths = student(feats, torch.tensor([120, 80]))
+    >>> predictions.shape, lengths.tolist()
+    (torch.Size([2, 12, 16]), [12, 7])
+    """
+
+    def __init__(self, encoder, predictor):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+
+    def forward(self, feats, feat_lens):
+        """Predicts the teacher's targets from (augmented) features.
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            (B, T, n_mels) features.
+        feat_lens : torch.Tensor
+            (B,) frame counts.
+
+        Returns
+        -------
+        predictions : torch.Tensor
+            (B, T', proj_dim).
+        lengths : torch.Tensor
+            (B,) output frame counts.
+        """
+        projected, lengths = self.encode(feats, feat_lens)
+        return self.predict(projected, lengths), lengths
+
+    def encode(self, feats, feat_lens):
+        """The encoder's projected frames (the first half of ``forward``).
+
+        Arguments
+        ---------
+        feats : torch.Tensor
+            (B, T, n_mels) features.
+        feat_lens : torch.Tensor
+            (B,) frame counts.
+
+        Returns
+        -------
+        projected : torch.Tensor
+            (B, T', proj_dim).
+        lengths : torch.Tensor
+            (B,) output frame counts.
+        """
+        encoded = self.encoder.encode(feats, feat_lens)
+        return self.encoder.proj(encoded.out), encoded.lengths
+
+    def predict(self, projected, lengths):
+        """The predictor on projected frames (the second half of ``forward``).
+
+        Arguments
+        ---------
+        projected : torch.Tensor
+            (B, T', proj_dim) from ``encode``.
+        lengths : torch.Tensor
+            (B,) valid frames.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, T', proj_dim) predictions.
+        """
+        return self.predictor(projected, lengths)
+
+
+class S3LOutputs(NamedTuple):
+    """What one S3L forward pass produces for the loss and the logs."""
+
+    predictions: torch.Tensor
+    targets: torch.Tensor
+    lengths: torch.Tensor
+    num_samples: torch.Tensor
+
+
+class S3LInputs(NamedTuple):
+    """Features of one batch for the student and for the teacher."""
+
+    student_feats: torch.Tensor
+    clean_feats: torch.Tensor
+    feat_lens: torch.Tensor
+    num_samples: torch.Tensor
+
+
+def s3l_inputs(features, wavs, wav_lens, noise_augment=None, spec_augment=None):
+    """The student's (noisy, masked) and the teacher's (clean) features.
+
+    Both feature sets come from one call of ``features``: clean and noisy
+    waveforms are stacked on the batch axis. The first phase of
+    ``s3l_forward``.
+
+    Arguments
+    ---------
+    features : s3l_plugin.features.MelFeatures
+        Feature extractor.
+    wavs : torch.Tensor
+        (B, S) clean waveforms.
+    wav_lens : torch.Tensor
+        (B,) relative lengths.
+    noise_augment, spec_augment : callable, optional
+        The student's augmentations; ``None`` skips one.
+
+    Returns
+    -------
+    S3LInputs
+        ``(student_feats, clean_feats, feat_lens, num_samples)``.
+
+    Example
+    -------
+    >>> from s3l_plugin.features import MelFeatures
+    >>> inputs = s3l_inputs(
+    ...     MelFeatures(n_mels=16), torch.randn(2, 1600), torch.tensor([1.0, 0.5])
+    ... )
+    >>> inputs.student_feats is inputs.clean_feats, inputs.feat_lens.tolist()
+    (True, [11, 6])
+    """
+    num_samples = torch.round(wav_lens * wavs.shape[1]).long()
+    batch_size = wavs.shape[0]
+    if noise_augment is not None:
+        noisy = noise_augment(wavs, wav_lens)
+        feats, feat_lens = features(
+            torch.cat([wavs, noisy]), torch.cat([wav_lens, wav_lens])
+        )
+        clean, student_in = feats[:batch_size], feats[batch_size:]
+        feat_lens = feat_lens[:batch_size]
+    else:
+        clean, feat_lens = features(wavs, wav_lens)
+        student_in = clean
+    if spec_augment is not None:
+        student_in = spec_augment(student_in, feat_lens)
+    return S3LInputs(student_in, clean, feat_lens, num_samples)
+
+
+def s3l_targets(teacher, clean, feat_lens, num_frames, random_shift=None):
+    """The teacher's targets, aligned with the student's output frames.
+
+    The clean features get the random positional shift, the teacher
+    encodes them without gradient, and its output is cropped back to the
+    student's ``num_frames`` frames before the projection (the shifted
+    frames need no projection). The second phase of ``s3l_forward``.
+
+    Arguments
+    ---------
+    teacher : s3l_plugin.teacher.EMATeacher
+        The EMA teacher.
+    clean : torch.Tensor
+        (B, T, n_mels) clean features.
+    feat_lens : torch.Tensor
+        (B,) frame counts.
+    num_frames : int
+        Output frames of the student (its predictions' length).
+    random_shift : s3l_plugin.augment.RandomShift, optional
+        ``None``: no shift.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, num_frames, proj_dim) targets, no gradient.
+
+    Example
+    -------
+    >>> from s3l_plugin.encoder import S3LEncoder
+    >>> from s3l_plugin.teacher import EMATeacher
+    >>> teacher = EMATeacher(S3LEncoder(**S3LEncoder.tiny_config()))
+    >>> feats = torch.randn(2, 120, 16)
+    >>> s3l_targets(teacher, feats, torch.tensor([120, 80]), 12).shape
+    torch.Size([2, 12, 16])
+    """
+    left = 0
+    teacher_in, teacher_lens = clean, feat_lens
+    if random_shift is not None:
+        teacher_in, teacher_lens, left, _ = random_shift.pad(clean, feat_lens)
+    targets, _ = teacher.encode_projected(
+        teacher_in, teacher_lens, left=left, num_frames=num_frames
+    )
+    return targets
+
+
+def s3l_forward(
+    student,
+    teacher,
+    features,
+    wavs,
+    wav_lens,
+    noise_augment=None,
+    spec_augment=None,
+    random_shift=None,
+):
+    """Runs student and teacher on one batch, aligned frame by frame.
+
+    The student sees noisy, SpecAugmented features; the teacher sees the
+    clean features with a random positional shift, cropped back so that its
+    frames align with the student's. Both feature sets come from one call of
+    ``features`` (clean and noisy waveforms stacked on the batch axis). The
+    phases are ``s3l_inputs``, the student, then ``s3l_targets``.
+
+    Arguments
+    ---------
+    student : S3LStudent
+        The student (possibly DDP-wrapped).
+    teacher : s3l_plugin.teacher.EMATeacher
+        The EMA teacher.
+    features : s3l_plugin.features.MelFeatures
+        Feature extractor.
+    wavs : torch.Tensor
+        (B, S) clean waveforms.
+    wav_lens : torch.Tensor
+        (B,) relative lengths.
+    noise_augment, spec_augment, random_shift : callable, optional
+        Augmentations; ``None`` (as in validation) leaves the input as is.
+
+    Returns
+    -------
+    S3LOutputs
+        Predictions and targets (B, T', D), lengths (B,), and the number of
+        valid samples (B,).
+
+    Example
+    -------
+    >>> from s3l_plugin.encoder import S3LEncoder
+    >>> from s3l_plugin.predictor import Predictor
+    >>> from s3l_plugin.teacher import EMATeacher
+    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> student = S3LStudent(encoder, Predictor(16, (16, 16), (5, 1)))
+    >>> teacher = EMATeacher(encoder, total_steps=10)
+    >>> outputs = s3l_forward(
+    ...     student, teacher, encoder.features,
+    ...     torch.randn(2, 16000), torch.tensor([1.0, 0.6]),
+    ... )
+    >>> outputs.predictions.shape == outputs.targets.shape
+    True
+    """
+    inputs = s3l_inputs(features, wavs, wav_lens, noise_augment, spec_augment)
+    predictions, lengths = student(inputs.student_feats, inputs.feat_lens)
+    targets = s3l_targets(
+        teacher,
+        inputs.clean_feats,
+        inputs.feat_lens,
+        predictions.shape[1],
+        random_shift,
+    )
+    return S3LOutputs(predictions, targets, lengths, inputs.num_samples)
+
+
+def compile_s3l(student, teacher=None, dynamic=True, **compile_kwargs):
+    """Compiles the student's and the teacher's encoder stacks in place.
+
+    ``S3LEncoder.compile_layers`` on both encoders, and the predictor; the
+    outputs are those of the eager modules up to rounding (and dropout's
+    random draws in training). Call after the teacher is built.
+
+    Arguments
+    ---------
+    student : S3LStudent
+        The student.
+    teacher : s3l_plugin.teacher.EMATeacher, optional
+        The teacher.
+    dynamic : bool
+        Dynamic shapes.
+    **compile_kwargs
+        Passed to ``torch.compile``.
+
+    Returns
+    -------
+    S3LStudent
+        ``student``.
+
+    Example
+    -------
+    >>> from s3l_plugin.encoder import S3LEncoder
+    >>> from s3l_plugin.predictor import Predictor
+    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> student = S3LStudent(encoder, Predictor(16, (16, 16), (5, 1)))
+    >>> compile_s3l(student, backend="eager") is student
+    True
+    """
+    student.encoder.compile_layers(dynamic=dynamic, **compile_kwargs)
+    student.predictor.compile(dynamic=dynamic, **compile_kwargs)
+    if teacher is not None:
+        teacher.encoder.compile_layers(dynamic=dynamic, **compile_kwargs)
+    return student
