@@ -3,9 +3,10 @@
 SpeechBrain's ``read_audio`` neither resamples nor down-mixes, and a corrupt
 file raises inside a DataLoader worker, which ends a multi-hour run. Here
 every file is checked: fixable problems (wrong sample rate, several
-channels) are fixed with a warning, unusable files (unreadable, empty,
-silent, non-finite samples, too long) are reported with their path and
-reason and dropped from the batch by :class:`SkipBadAudioCollate`.
+channels) are fixed with a warning (once per file and process, not every
+epoch), unusable files (unreadable, empty, silent, non-finite samples, too
+long or too short) are reported with their path and reason and dropped from
+the batch by :class:`SkipBadAudioCollate`.
 """
 
 import logging
@@ -17,12 +18,23 @@ from speechbrain.dataio.batch import PaddedBatch
 
 logger = logging.getLogger(__name__)
 
+# Files already warned about in this process: a fixable file is loaded
+# every epoch, and one warning is enough.
+_warned = set()
+
+
+def _warn_once(path, problem, message, *args):
+    if (path, problem) in _warned:
+        return
+    _warned.add((path, problem))
+    logger.warning(message, *args)
+
 
 class AudioLoadError(ValueError):
     """Raised when an audio file cannot be used; the message names it."""
 
 
-def load_audio(path, sample_rate=16000, max_seconds=None):
+def load_audio(path, sample_rate=16000, max_seconds=None, min_seconds=None):
     """Reads one audio file as a mono float32 waveform at ``sample_rate``.
 
     Arguments
@@ -33,6 +45,8 @@ def load_audio(path, sample_rate=16000, max_seconds=None):
         Wanted sample rate; other rates are resampled, with a warning.
     max_seconds : float, optional
         Files longer than this (after resampling) are rejected.
+    min_seconds : float, optional
+        Files shorter than this (after resampling) are rejected.
 
     Returns
     -------
@@ -43,7 +57,7 @@ def load_audio(path, sample_rate=16000, max_seconds=None):
     ------
     AudioLoadError
         With the path and the reason: unreadable, empty, silent,
-        non-finite samples, or too long.
+        non-finite samples, too long or too short.
 
     Example
     -------
@@ -63,12 +77,18 @@ def load_audio(path, sample_rate=16000, max_seconds=None):
     if not torch.isfinite(wav).all():
         raise AudioLoadError(f"{path}: non-finite (NaN or Inf) samples")
     if wav.shape[1] > 1:
-        logger.warning(
-            "%s: %d channels, down-mixed to mono", path, wav.shape[1]
+        _warn_once(
+            path,
+            "channels",
+            "%s: %d channels, down-mixed to mono",
+            path,
+            wav.shape[1],
         )
     wav = wav.mean(dim=1)
     if file_rate != sample_rate:
-        logger.warning(
+        _warn_once(
+            path,
+            "rate",
             "%s: sample rate %d Hz, resampled to %d Hz",
             path,
             file_rate,
@@ -83,10 +103,20 @@ def load_audio(path, sample_rate=16000, max_seconds=None):
             f"{path}: {seconds:.1f} s is longer than the maximum "
             f"{max_seconds} s"
         )
+    # A 1 % margin: a file cut at exactly min_seconds may lose a sample or
+    # two to resampling.
+    if min_seconds is not None and wav.shape[0] < (
+        0.99 * min_seconds * sample_rate
+    ):
+        seconds = wav.shape[0] / sample_rate
+        raise AudioLoadError(
+            f"{path}: {seconds:.2f} s is shorter than the minimum "
+            f"{min_seconds} s"
+        )
     return wav.contiguous()
 
 
-def make_audio_pipeline(sample_rate=16000, max_seconds=None):
+def make_audio_pipeline(sample_rate=16000, max_seconds=None, min_seconds=None):
     """Builds a SpeechBrain dynamic item: ``wav`` path -> ``sig`` waveform.
 
     A file that cannot be used yields an empty waveform and its reason under
@@ -99,6 +129,8 @@ def make_audio_pipeline(sample_rate=16000, max_seconds=None):
         Wanted sample rate.
     max_seconds : float, optional
         Longest accepted file.
+    min_seconds : float, optional
+        Shortest accepted file.
 
     Returns
     -------
@@ -118,11 +150,34 @@ def make_audio_pipeline(sample_rate=16000, max_seconds=None):
     @sb.utils.data_pipeline.provides("sig", "audio_error")
     def audio_pipeline(wav):
         try:
-            return load_audio(wav, sample_rate, max_seconds), ""
+            return load_audio(wav, sample_rate, max_seconds, min_seconds), ""
         except AudioLoadError as error:
             return torch.zeros(0), str(error)
 
     return audio_pipeline
+
+
+class EmptyBatch:
+    """A batch whose audio was all unusable; it only carries the reasons.
+
+    Arguments
+    ---------
+    skipped : list of (str, str)
+        ``(id, reason)`` of each example left out.
+
+    Example
+    -------
+    >>> batch = EmptyBatch([("b", "b: empty")])
+    >>> len(batch), batch.skipped
+    (0, [('b', 'b: empty')])
+    """
+
+    def __init__(self, skipped):
+        self.skipped = skipped
+        self.id = []
+
+    def __len__(self):
+        return 0
 
 
 class SkipBadAudioCollate:
@@ -131,7 +186,13 @@ class SkipBadAudioCollate:
     Examples whose ``audio_error`` is set are removed; their ids and reasons
     travel with the batch as ``batch.skipped`` (a list of ``(id, reason)``)
     so that the training process, not a DataLoader worker, logs and counts
-    them. A batch with nothing left is returned as ``None``.
+    them. A batch with nothing left is returned as ``None``, or as an
+    :class:`EmptyBatch` (which keeps the reasons) with ``empty_batch=True``.
+
+    Arguments
+    ---------
+    empty_batch : bool
+        Return an ``EmptyBatch`` rather than None when nothing is left.
 
     Example
     -------
@@ -143,7 +204,12 @@ class SkipBadAudioCollate:
     (['a'], [('b', 'b: empty')])
     >>> collate([bad]) is None
     True
+    >>> SkipBadAudioCollate(empty_batch=True)([bad]).skipped
+    [('b', 'b: empty')]
     """
+
+    def __init__(self, empty_batch=False):
+        self.empty_batch = empty_batch
 
     def __call__(self, examples):
         """Collates the usable examples; see the class docstring."""
@@ -154,7 +220,7 @@ class SkipBadAudioCollate:
         ]
         kept = [ex for ex in examples if not ex.get("audio_error")]
         if not kept:
-            return None
+            return EmptyBatch(skipped) if self.empty_batch else None
         batch = PaddedBatch(kept)
         batch.skipped = skipped
         return batch

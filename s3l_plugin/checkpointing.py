@@ -1,0 +1,478 @@
+"""What a resumed pretraining run needs beyond the model and optimizer.
+
+A run killed at any point and started again with the same command must end
+with the same parameters as one never interrupted. SpeechBrain checkpoints
+the modules, optimizer, scheduler, epoch counter and data-loader position;
+this module adds the rest:
+
+- :class:`RandomState`: the Python, NumPy, torch and CUDA generators, per
+  process (augmentations, dropout and the choice of negatives draw from
+  them, and under DDP every rank has its own stream);
+- :class:`NoiseStream`: the position in the noise collection that
+  SpeechBrain's ``AddNoise`` reads from (its own loader is not saved);
+- :class:`PerRankState`: any small per-process state (counters);
+- :class:`AtomicCheckpointer`: a checkpoint becomes visible only once all
+  of its files are written, so a kill during a save leaves the previous
+  checkpoint as the one to resume from;
+- :func:`check_checkpoint_compatible`: a checkpoint written by another
+  architecture stops the run at start-up with a clear message.
+"""
+
+import logging
+import os
+import random
+import shutil
+
+import numpy
+import torch
+from speechbrain.utils.checkpoints import (
+    METAFNAME,
+    Checkpointer,
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
+
+logger = logging.getLogger(__name__)
+
+# The meta file is written under this name and renamed to METAFNAME last:
+# SpeechBrain only lists folders holding METAFNAME as checkpoints.
+PENDING_METAFNAME = "CKPT.yaml.pending"
+
+
+class CheckpointMismatchError(ValueError):
+    """The save folder holds a checkpoint this model cannot load."""
+
+
+def _world():
+    """(rank, world size) of this process; (0, 1) when not distributed."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class PerRankState:
+    """Checkpoints a small state of every process in one file.
+
+    Under DDP each rank has its own state (random generators, positions in
+    streams whose consumption depends on the rank's batches). Saving gathers
+    all of them to the main process, which writes them; loading gives each
+    rank its own. A checkpoint written with another number of processes is
+    loaded from rank 0's entry, with a warning (the run then goes on, but
+    not exactly as it would have).
+
+    Arguments
+    ---------
+    get_state : callable
+        Returns this process's state (picklable).
+    set_state : callable
+        Restores a state returned by ``get_state``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> counters = {"skipped": 3}
+    >>> state = PerRankState(
+    ...     lambda: dict(counters), lambda saved: counters.update(saved)
+    ... )
+    >>> path = os.path.join(tempfile.mkdtemp(), "counters.ckpt")
+    >>> state.save(path)
+    >>> counters["skipped"] = 7
+    >>> state.load(path)
+    >>> counters["skipped"]
+    3
+    """
+
+    def __init__(self, get_state=None, set_state=None):
+        self._get_state = get_state
+        self._set_state = set_state
+
+    def get_state(self):
+        """This process's state."""
+        return self._get_state()
+
+    def set_state(self, state):
+        """Restores this process's state."""
+        self._set_state(state)
+
+    @mark_as_saver
+    def save(self, path):
+        """Gathers every rank's state; the main process writes them."""
+        rank, world_size = _world()
+        state = self.get_state()
+        states = [state]
+        if world_size > 1:
+            states = [None] * world_size
+            torch.distributed.all_gather_object(states, state)
+        if rank == 0:
+            torch.save({"ranks": states}, path)
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        """Restores this rank's state from ``path``."""
+        del end_of_epoch  # the state is the same at an epoch's end
+        saved = torch.load(path, weights_only=False)
+        # Checkpoints from before per-rank saving hold one bare state.
+        states = saved["ranks"] if "ranks" in saved else [saved]
+        rank, world_size = _world()
+        if len(states) != world_size:
+            logger.warning(
+                "%s was written by %d processes, this run has %d: every "
+                "rank resumes from rank 0's state, so the run will not "
+                "continue exactly as it would have",
+                path,
+                len(states),
+                world_size,
+            )
+            rank = 0
+        self.set_state(states[rank])
+
+
+# Every rank must run the saver: it gathers the states. Subclasses find
+# these hooks through their method resolution order.
+register_checkpoint_hooks(PerRankState, save_on_main_only=False)
+
+
+class RandomState(PerRankState):
+    """Saves and restores the Python, NumPy, torch and CUDA generators.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "rng.ckpt")
+    >>> state = RandomState()
+    >>> state.save(path)
+    >>> first = torch.rand(3)
+    >>> state.load(path)
+    >>> torch.equal(first, torch.rand(3))
+    True
+    """
+
+    def get_state(self):
+        """The generators' states."""
+        return {
+            "python": random.getstate(),
+            "numpy": numpy.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available()
+            else [],
+        }
+
+    def set_state(self, state):
+        """Sets the generators to ``state``."""
+        random.setstate(state["python"])
+        numpy.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class NoiseStream(PerRankState):
+    """The noise files of SpeechBrain's ``AddNoise`` as a resumable stream.
+
+    ``AddNoise`` reads its noises through a DataLoader it builds on first
+    use, with the batch size of the first batch it sees, and never saves its
+    position; its iterator also draws a seed from the global generator. A
+    resumed run would therefore add other noises than an uninterrupted one.
+    This stream replaces that loader (``AddNoise`` keeps the loader it finds
+    in ``data_loader``): noise files in an order shuffled by ``seed`` and
+    reshuffled at each pass over the collection, without drawing from the
+    global generators, and its position is checkpointed. ``AddNoise`` still
+    picks the SNR and the offset in each noise from the global generator,
+    which :class:`RandomState` restores.
+
+    Set ``batch_size`` to the size of the batch about to be augmented: the
+    stream then hands ``AddNoise`` all its noises at once. With fewer per
+    item, ``AddNoise`` concatenates them one item at a time, which costs
+    time quadratic in the batch size.
+
+    Arguments
+    ---------
+    add_noise : speechbrain.augment.time_domain.AddNoise
+        The augmentation to feed; it must have a ``csv_file``.
+    seed : int
+        Seed of the order (give each DDP rank its own).
+
+    Example
+    -------
+    >>> import tempfile, soundfile
+    >>> from speechbrain.augment.time_domain import AddNoise
+    >>> folder = tempfile.mkdtemp()
+    >>> lines = ["ID,duration,wav,wav_format,wav_opts"]
+    >>> for i in range(3):
+    ...     path = os.path.join(folder, f"n{i}.wav")
+    ...     soundfile.write(path, numpy.random.randn(1600) * 0.1, 16000)
+    ...     lines.append(f"n{i},0.1,{path},wav,")
+    >>> with open(os.path.join(folder, "noise.csv"), "w") as out:
+    ...     _ = out.write("\\n".join(lines) + "\\n")
+    >>> add_noise = AddNoise(os.path.join(folder, "noise.csv"), pad_noise=True)
+    >>> stream = NoiseStream(add_noise, seed=0)
+    >>> stream.batch_size = 2
+    >>> noisy = add_noise(torch.randn(2, 800), torch.ones(2))
+    >>> stream.get_state()
+    {'passes': 0, 'position': 2}
+    """
+
+    def __init__(self, add_noise, seed=0):
+        from speechbrain.dataio.legacy import ExtendedCSVDataset
+        from speechbrain.dataio.sampler import ReproducibleRandomSampler
+
+        super().__init__()
+        if add_noise.csv_file is None:
+            raise ValueError("NoiseStream needs an AddNoise with a csv_file")
+        self.add_noise = add_noise
+        self.dataset = ExtendedCSVDataset(
+            csvpath=add_noise.csv_file,
+            output_keys=add_noise.csv_keys,
+            sorting="original",
+            replacements=add_noise.replacements,
+        )
+        self.sampler = ReproducibleRandomSampler(self.dataset, seed=seed)
+        self.batch_size = 1
+        self.passes = 0
+        self.position = 0
+        # What AddNoise would have set up when building its own loader.
+        if add_noise.noise_sample_rate != add_noise.clean_sample_rate:
+            from speechbrain.augment.time_domain import Resample
+
+            add_noise.resampler = Resample(
+                add_noise.noise_sample_rate, add_noise.clean_sample_rate
+            )
+        add_noise.data_loader = self
+        add_noise.noise_data = self._stream(self.passes, self.position)
+
+    def __iter__(self):
+        """A new pass over the collection (what AddNoise asks at its end)."""
+        return self._stream(self.passes + 1, 0)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def _stream(self, passes, start):
+        # Not a generator itself: the position must be right at once, even
+        # if a checkpoint is saved before the next noise is drawn.
+        self.passes, self.position = passes, start
+        self.sampler.set_epoch(passes)
+        return self._batches(list(self.sampler))
+
+    def _batches(self, order):
+        from speechbrain.dataio.batch import PaddedBatch
+
+        while self.position < len(order):
+            end = min(self.position + max(1, self.batch_size), len(order))
+            indices = order[self.position : end]
+            self.position = end
+            yield PaddedBatch([self.dataset[index] for index in indices])
+
+    def get_state(self):
+        """Pass number and position in the pass."""
+        return {"passes": self.passes, "position": self.position}
+
+    def set_state(self, state):
+        """Continues the stream where ``state`` left it."""
+        self.add_noise.noise_data = self._stream(
+            state["passes"], state["position"]
+        )
+
+
+class AtomicCheckpointer(Checkpointer):
+    """A Checkpointer whose checkpoints appear only once complete.
+
+    SpeechBrain writes a checkpoint's meta file (which makes the folder a
+    checkpoint) first and the parameter files after; a process killed in
+    between leaves a checkpoint that cannot be loaded and, being the most
+    recent, is the one a rerun tries. Here the meta file is written under
+    another name and renamed last, after the files are flushed to disk.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        As for ``speechbrain.utils.checkpoints.Checkpointer``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> checkpointer = AtomicCheckpointer(
+    ...     tempfile.mkdtemp(), {"layer": torch.nn.Linear(2, 2)}
+    ... )
+    >>> checkpoint = checkpointer.save_checkpoint()
+    >>> sorted(os.listdir(checkpoint.path))
+    ['CKPT.yaml', 'layer.ckpt']
+    """
+
+    @classmethod
+    def from_checkpointer(cls, checkpointer):
+        """The same checkpointer (folder, recoverables, hooks), atomic.
+
+        Arguments
+        ---------
+        checkpointer : speechbrain.utils.checkpoints.Checkpointer
+            E.g. the one a YAML file builds.
+
+        Returns
+        -------
+        AtomicCheckpointer
+
+        Example
+        -------
+        >>> import tempfile
+        >>> layer = torch.nn.Linear(1, 1)
+        >>> plain = Checkpointer(tempfile.mkdtemp(), {"a": layer})
+        >>> atomic = AtomicCheckpointer.from_checkpointer(plain)
+        >>> list(atomic.recoverables)
+        ['a']
+        """
+        if isinstance(checkpointer, cls):
+            return checkpointer
+        atomic = cls(
+            checkpointer.checkpoints_dir,
+            custom_load_hooks=checkpointer.custom_load_hooks,
+            custom_save_hooks=checkpointer.custom_save_hooks,
+            allow_partial_load=checkpointer.allow_partial_load,
+        )
+        atomic.recoverables = dict(checkpointer.recoverables)
+        atomic.optional_recoverables = dict(checkpointer.optional_recoverables)
+        return atomic
+
+    def _save_checkpoint_metafile(
+        self, fpath, meta_to_include={}, end_of_epoch=True
+    ):
+        pending = os.path.join(os.path.dirname(fpath), PENDING_METAFNAME)
+        return super()._save_checkpoint_metafile(
+            pending, meta_to_include, end_of_epoch
+        )
+
+    def save_checkpoint(self, *args, **kwargs):
+        """Saves as ``Checkpointer.save_checkpoint``; the meta file last."""
+        checkpoint = super().save_checkpoint(*args, **kwargs)
+        if if_main_process():
+            folder = str(checkpoint.path)
+            for name in os.listdir(folder):
+                _fsync(os.path.join(folder, name))
+            os.replace(
+                os.path.join(folder, PENDING_METAFNAME),
+                os.path.join(folder, METAFNAME),
+            )
+            _fsync(folder)
+        # Every rank must see the new checkpoint before going on: the
+        # deletion that follows in save_and_keep_only lists checkpoints on
+        # each rank and broadcasts once per deleted one.
+        ddp_barrier()
+        return checkpoint
+
+    def remove_incomplete(self):
+        """Deletes checkpoint folders a killed save left without meta file.
+
+        Returns
+        -------
+        list of str
+            The folders removed.
+        """
+        removed = []
+        if not if_main_process() or not self.checkpoints_dir.is_dir():
+            return removed
+        for path in sorted(self.checkpoints_dir.iterdir()):
+            incomplete = (
+                path.is_dir()
+                and path.name.startswith("CKPT+")
+                and not (path / METAFNAME).exists()
+                and (path / PENDING_METAFNAME).exists()
+            )
+            if incomplete:
+                logger.warning(
+                    "Removing %s: a checkpoint whose save was interrupted",
+                    path,
+                )
+                shutil.rmtree(path)
+                removed.append(str(path))
+        return removed
+
+
+def _fsync(path):
+    """Flushes a file or folder to disk."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    if os.path.isfile(path):
+        flags = os.O_RDONLY
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def check_checkpoint_compatible(checkpointer):
+    """Checks that the latest checkpoint fits the recoverable modules.
+
+    A save folder holding a checkpoint of another architecture (another
+    ``d_model``, another number of layers...) would otherwise fail deep in
+    ``recover_if_possible`` with a long ``state_dict`` error.
+
+    Arguments
+    ---------
+    checkpointer : speechbrain.utils.checkpoints.Checkpointer
+        With its module recoverables registered.
+
+    Returns
+    -------
+    str or None
+        The checkpoint folder that will be resumed, None if there is none.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        Naming the checkpoint, the first difference and what to do.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> old = Checkpointer(folder, {"model": torch.nn.Linear(2, 3)})
+    >>> _ = old.save_checkpoint()
+    >>> new = Checkpointer(folder, {"model": torch.nn.Linear(2, 4)})
+    >>> check_checkpoint_compatible(new)
+    Traceback (most recent call last):
+    ...
+    s3l_plugin.checkpointing.CheckpointMismatchError: the checkpoint ...
+    """
+    checkpoint = checkpointer.find_checkpoint()
+    if checkpoint is None:
+        return None
+    for name, obj in checkpointer.recoverables.items():
+        if not isinstance(obj, torch.nn.Module):
+            continue
+        path = checkpoint.paramfiles.get(name)
+        if path is None:
+            if checkpointer.optional_recoverables.get(name):
+                continue
+            problem = f"it has no {name}.ckpt"
+        else:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            problem = _state_difference(name, saved, obj.state_dict())
+        if problem:
+            raise CheckpointMismatchError(
+                f"the checkpoint {checkpoint.path} does not fit this model "
+                f"({problem}); it was written by another configuration: "
+                "use another --output_folder, or delete "
+                f"{checkpointer.checkpoints_dir} to start afresh"
+            )
+    return str(checkpoint.path)
+
+
+def _state_difference(name, saved, current):
+    """A description of the first difference, or '' if they match."""
+    only_saved = sorted(set(saved) - set(current))
+    only_current = sorted(set(current) - set(saved))
+    if only_current:
+        return f"{name}.{only_current[0]} is missing from it"
+    if only_saved:
+        return f"{name}.{only_saved[0]} is in it but not in this model"
+    for key, value in current.items():
+        if tuple(saved[key].shape) != tuple(value.shape):
+            return (
+                f"{name}.{key} has shape {tuple(saved[key].shape)} there, "
+                f"{tuple(value.shape)} here"
+            )
+    return ""

@@ -1,0 +1,236 @@
+"""An interrupted pretraining run, rerun, ends exactly as an uninterrupted one.
+
+The runs use gradient accumulation (checkpoints only at optimizer-step
+boundaries), the noise collection (its position is checkpointed), dropout,
+SpecAugment and the random shift (the generators are checkpointed), and
+cross an epoch boundary. Parameters are compared bit for bit.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy
+import pytest
+import soundfile
+import torch
+import yaml
+from speechbrain.augment.time_domain import AddNoise
+from speechbrain.utils.checkpoints import Checkpointer
+
+from s3l_plugin.checkpointing import (
+    PENDING_METAFNAME,
+    AtomicCheckpointer,
+    NoiseStream,
+    RandomState,
+)
+
+CRASH_EXIT_CODE = 86  # recipes/LibriSpeech/pretrain.py's test hook
+# 9 optimizer steps of 2 micro-batches: epoch 1 has 6 to 8 of them, so the
+# run crosses into epoch 2. An intra-epoch checkpoint is due every 3
+# micro-batches, i.e. at every second optimizer step.
+RUN_ARGS = (
+    "--total_steps=9",
+    "--grad_accumulation_factor=2",
+    "--ckpt_interval_steps=3",
+)
+CRASH_AFTER_STEPS = 5  # mid-epoch 1; the last checkpoint is at step 4
+
+
+def load_dump(folder):
+    return torch.load(os.path.join(folder, "rank0.pt"), weights_only=False)
+
+
+def assert_same_state(expected, actual):
+    for part in ("student", "teacher"):
+        assert expected[part].keys() == actual[part].keys()
+        for name, tensor in expected[part].items():
+            assert torch.equal(tensor, actual[part][name]), f"{part}.{name}"
+
+
+def logged_steps(output_folder):
+    with open(os.path.join(output_folder, "log.txt"), encoding="utf-8") as f:
+        return [
+            json.loads(line.split("train step ", 1)[1])
+            for line in f
+            if "train step {" in line
+        ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pretrain_runner, tmp_path_factory):
+    """The reference: the same command, never interrupted."""
+    base = tmp_path_factory.mktemp("uninterrupted")
+    dump = str(base / "dump")
+    result = pretrain_runner.run(
+        str(base / "out"), *RUN_ARGS, env={"S3L_TEST_DUMP_DIR": dump}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_dump(dump)
+    assert state["optimizer_step"] == 9
+    assert {epoch for epoch, _ in state["batches"]} == {1, 2}
+    return state
+
+
+def test_crashed_run_resumes_exactly(pretrain_runner, uninterrupted, tmp_path):
+    output = str(tmp_path / "out")
+    crashed = pretrain_runner.run(
+        output,
+        *RUN_ARGS,
+        env={"S3L_TEST_CRASH_AFTER_STEPS": str(CRASH_AFTER_STEPS)},
+    )
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
+    assert not os.path.exists(os.path.join(output, "encoder.ckpt"))
+    (checkpoint,) = glob.glob(os.path.join(output, "save", "CKPT+*"))
+    with open(os.path.join(checkpoint, "CKPT.yaml"), encoding="utf-8") as f:
+        meta = yaml.safe_load(f)
+    assert meta["end-of-epoch"] is False  # an intra-epoch checkpoint
+
+    dump = str(tmp_path / "dump")
+    resumed = pretrain_runner.run(
+        output, *RUN_ARGS, env={"S3L_TEST_DUMP_DIR": dump}
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = load_dump(dump)
+    assert_same_state(uninterrupted, state)
+    # The resumed process trained the end of the reference's batches, in
+    # the same order, starting after the checkpoint (step 4 of epoch 1).
+    batches = uninterrupted["batches"]
+    assert state["batches"] == batches[len(batches) - len(state["batches"]) :]
+    assert len(batches) - len(state["batches"]) == 2 * 4
+    steps = logged_steps(output)
+    resumed_steps = [s["step"] for s in steps[CRASH_AFTER_STEPS:]]
+    assert resumed_steps == list(range(5, 10))
+    # The teacher was restored, not copied from the student again (the
+    # copy is the update of momentum 0, at step 1 only).
+    assert steps[CRASH_AFTER_STEPS]["momentum"] > 0.99
+
+
+def test_killed_run_resumes_exactly(pretrain_runner, uninterrupted, tmp_path):
+    output = str(tmp_path / "out")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        pretrain_runner.command(output, *RUN_ARGS),
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pattern = os.path.join(output, "save", "CKPT+*", "CKPT.yaml")
+    deadline = time.monotonic() + 300
+    while not glob.glob(pattern) and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint in 300 s"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)  # mid-epoch, maybe mid-save
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(output, "encoder.ckpt"))
+
+    dump = str(tmp_path / "dump")
+    resumed = pretrain_runner.run(
+        output, *RUN_ARGS, env={"S3L_TEST_DUMP_DIR": dump}
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_state(uninterrupted, load_dump(dump))
+
+
+def _noise_csv(folder, count=4):
+    lines = ["ID,duration,wav,wav_format,wav_opts"]
+    generator = numpy.random.default_rng(0)
+    for index in range(count):
+        path = os.path.join(folder, f"noise{index}.wav")
+        soundfile.write(path, generator.standard_normal(4000) * 0.1, 16000)
+        lines.append(f"noise{index},0.25,{path},wav,")
+    csv_file = os.path.join(folder, "noise.csv")
+    with open(csv_file, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return csv_file
+
+
+@pytest.mark.parametrize(
+    "batch_size, state",
+    [(1, {"passes": 2, "position": 1}), (3, {"passes": 2, "position": 3})],
+)
+def test_noise_stream_resumes_where_it_stopped(tmp_path, batch_size, state):
+    csv_file = _noise_csv(str(tmp_path))
+    wavs, lens = torch.ones(3, 8000), torch.tensor([1.0, 0.7, 0.5])
+
+    def noise_and_rng():
+        add_noise = AddNoise(csv_file, snr_low=0, snr_high=10, pad_noise=True)
+        stream = NoiseStream(add_noise, seed=5)
+        stream.batch_size = batch_size
+        return add_noise, stream, RandomState()
+
+    add_noise, stream, rng = noise_and_rng()
+    for _ in range(3):  # 9 noises: into the collection's third pass
+        add_noise(wavs, lens)
+    stream.save(str(tmp_path / "stream.ckpt"))
+    rng.save(str(tmp_path / "rng.ckpt"))
+    expected = [add_noise(wavs, lens) for _ in range(3)]
+
+    add_noise, stream, rng = noise_and_rng()
+    stream.load(str(tmp_path / "stream.ckpt"))
+    rng.load(str(tmp_path / "rng.ckpt"))
+    assert stream.get_state() == state
+    for want in expected:
+        assert torch.equal(add_noise(wavs, lens), want)
+
+
+class _FailingSave:
+    """A recoverable whose save dies, like a process killed mid-save."""
+
+    def save(self, path):
+        raise KeyboardInterrupt("killed")
+
+    def load(self, path, end_of_epoch):
+        pass
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path):
+    layer = torch.nn.Linear(2, 2)
+    failing = _FailingSave()
+    # SpeechBrain's own Checkpointer: the half-written checkpoint is the
+    # latest one, and recovering from it fails.
+    plain = Checkpointer(tmp_path / "plain", {"layer": layer})
+    plain.save_checkpoint(meta={"n": 1})
+    plain.add_recoverable(
+        "failing", failing, _FailingSave.load, _FailingSave.save
+    )
+    with pytest.raises(KeyboardInterrupt):
+        plain.save_checkpoint(meta={"n": 2})
+    assert plain.find_checkpoint().meta["n"] == 2
+    with pytest.raises(RuntimeError, match="missing a load path"):
+        plain.recover_if_possible()
+
+    atomic = AtomicCheckpointer(tmp_path / "atomic", {"layer": layer})
+    first = atomic.save_checkpoint(meta={"n": 1})
+    atomic.add_recoverable(
+        "failing", failing, _FailingSave.load, _FailingSave.save
+    )
+    with pytest.raises(KeyboardInterrupt):
+        atomic.save_checkpoint(meta={"n": 2})
+    assert atomic.find_checkpoint().path == first.path
+    folders = sorted(os.listdir(tmp_path / "atomic"))
+    assert len(folders) == 2
+    (removed,) = atomic.remove_incomplete()
+    assert not os.path.exists(removed)
+    assert os.listdir(tmp_path / "atomic") == [first.path.name]
+
+
+def test_atomic_checkpointer_keeps_the_yaml_recoverables(tmp_path):
+    layer = torch.nn.Linear(2, 2)
+    plain = Checkpointer(tmp_path, {"layer": layer})
+    plain.add_recoverable("rng", RandomState(), optional_load=True)
+    atomic = AtomicCheckpointer.from_checkpointer(plain)
+    assert atomic.recoverables == plain.recoverables
+    assert atomic.optional_recoverables == plain.optional_recoverables
+    checkpoint = atomic.save_checkpoint()
+    assert not os.path.exists(os.path.join(checkpoint.path, PENDING_METAFNAME))
+    assert sorted(os.listdir(checkpoint.path)) == [
+        "CKPT.yaml",
+        "layer.ckpt",
+        "rng.ckpt",
+    ]
