@@ -199,3 +199,65 @@ def bad_audio_csvs(tiny_corpus, tmp_path_factory):
     append("train.csv", [(u, 2.5) for u, _ in FIXED_TRAIN_AUDIO])
     append("dev-clean.csv", [(u, d) for u, d, _ in BAD_VALID_AUDIO])
     return folder
+
+
+# ---- The finetuning recipe on the tiny corpus -------------------------------
+FINETUNE_RECIPE = os.path.join(ROOT, "recipes", "LibriSpeech", "finetune.py")
+FINETUNE_TINY_YAML = os.path.join(ROOT, "hparams", "finetune_ctc_tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained_encoder(tmp_path_factory):
+    """A pretraining output folder holding a random tiny S3L encoder."""
+    import torch
+
+    from s3l_plugin.encoder import S3LEncoder
+    from s3l_plugin.pretrained import save_encoder
+
+    torch.manual_seed(0)
+    encoder = S3LEncoder(**dict(S3LEncoder.tiny_config(), transf2_layers=2))
+    folder = str(tmp_path_factory.mktemp("tiny_pretrained"))
+    save_encoder(encoder, folder)
+    return folder
+
+
+class FinetuneRunner(PretrainRunner):
+    """Runs the finetuning recipe on the tiny corpus and a tiny encoder.
+
+    Arguments
+    ---------
+    corpus : str
+        The ``--data_folder``.
+    pretrained : str
+        The ``--pretrained_path``.
+    """
+
+    def __init__(self, corpus, pretrained):
+        super().__init__(corpus)
+        self.pretrained = pretrained
+
+    def argv(self, output_folder, *extra, data_folder=True, yaml=None):
+        """Recipe arguments: YAML, folders, a small head, no test set."""
+        argv = [
+            yaml or FINETUNE_TINY_YAML,
+            f"--output_folder={output_folder}",
+            f"--pretrained_path={self.pretrained}",
+            "--noprogressbar",
+            "--head_channels=16",
+            "--test_splits=[]",
+        ]
+        if data_folder:
+            argv.append(f"--data_folder={self.corpus}")
+        return argv + list(extra)
+
+    def command(self, output_folder, *extra, **kwargs):
+        """The recipe's command line."""
+        return [sys.executable, FINETUNE_RECIPE] + self.argv(
+            output_folder, *extra, **kwargs
+        )
+
+
+@pytest.fixture(scope="session")
+def finetune_runner(tiny_corpus, tiny_pretrained_encoder):
+    """A :class:`FinetuneRunner` on the session's tiny corpus."""
+    return FinetuneRunner(tiny_corpus, tiny_pretrained_encoder)

@@ -156,6 +156,8 @@ def test_tiny_finetune_lowers_loss_and_writes_wer(tmp_path, corpus, pretrained):
             output,
             "--total_steps=40",
             "--number_of_epochs=8",
+            # 30 s batches: five optimizer steps per epoch of this corpus.
+            "--max_batch_length=30",
             "--lr_head=0.005",
             "--test_beam_search=True",
             "--beam_size=4",

@@ -19,6 +19,16 @@ hparams/s3l_tiny.yaml``::
     python recipes/LibriSpeech/finetune.py hparams/finetune_ctc_tiny.yaml \
         --pretrained_path=results/s3l_tiny/1986
 
+Reliability, as in pretraining (see ``pretrain.py``): an interrupted run,
+rerun with the same command, resumes from its last checkpoint and ends
+with the same parameters as an uninterrupted one; unusable audio is
+skipped, logged and counted; optimizer steps with a non-finite loss or
+gradient are skipped (``--nonfinite_patience``); configuration mistakes
+stop the run with one line, ``s3l: error: ...``. The cost of the run is
+written to ``<output_folder>/cost.json``, projected to the paper's 60,000
+steps. Test hooks: ``S3L_TEST_CRASH_AFTER_STEPS`` and ``S3L_TEST_DUMP_DIR``
+(the final model's state dict).
+
 CTC lengths: the loss is ``torch.nn.functional.ctc_loss`` with the absolute
 (unpadded) frame and token counts; decoding uses SpeechBrain's
 ``ctc_greedy_decode`` with relative lengths computed from them.
@@ -31,11 +41,10 @@ import sys
 import speechbrain as sb
 import torch
 import yaml
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from s3l_plugin.asr import make_vocabulary
-from s3l_plugin.checkpointing import RandomState
+from s3l_plugin.checkpointing import AtomicCheckpointer
 from s3l_plugin.ctc import ctc_feasible, ctc_loss, greedy_decode
 from s3l_plugin.data.audio import SkipBadAudioCollate, make_audio_pipeline
 from s3l_plugin.pretrained import (
@@ -45,21 +54,39 @@ from s3l_plugin.pretrained import (
 )
 from s3l_plugin.recipe_utils import (
     ConfigError,
+    GuardedTrainingMixin,
     check_run_options,
+    eval_loader_kwargs,
+    load_yaml,
+    make_train_sampler,
+    prepare_resume,
+    resolve_checkpoint_interval,
     resolve_data_folder,
+    run_cli,
+    seed_rank,
+    train_loader_kwargs,
 )
 
 logger = logging.getLogger(__name__)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# The paper's finetuning, for the cost projection: 60,000 optimizer steps of
+# 4 micro-batches of at most 1080 s of padded audio.
+PAPER_FINETUNING = {"steps": 60000, "micro_batches": 4, "batch_seconds": 1080}
 
-class S3LFinetune(sb.Brain):
+
+class S3LFinetune(GuardedTrainingMixin, sb.Brain):
     """Brain for CTC finetuning: ``modules.model`` is an ``S3LCTC``.
 
     Two optimizers: the encoder's (absent when it is frozen) and the head's
     (layer weights + CTC head), each with its own tri-stage learning rate.
     Attributes set by ``main``: ``vocab``, ``beam_searcher`` (or None) and,
     before each test set, ``test_split``.
+
+    ``fit_batch`` (:class:`GuardedTrainingMixin`) steps the optimizers only
+    when it can do good: a window of micro-batches whose audio was all
+    unusable, or whose loss or gradient is not finite, leaves the model,
+    the learning rates and the step count untouched.
     """
 
     def compute_forward(self, batch, stage):
@@ -84,6 +111,8 @@ class S3LFinetune(sb.Brain):
             token_lens,
             blank=self.vocab.blank_index,
         )
+        self.stage_loss_sum += loss.detach()
+        self.stage_batches += 1
         if stage != sb.Stage.TRAIN:
             hyps = greedy_decode(logits, lengths, self.vocab.blank_index)
             words = [self.vocab.decode(hyp).split() for hyp in hyps]
@@ -105,29 +134,21 @@ class S3LFinetune(sb.Brain):
             words.append(text.upper().split())
         return words
 
-    # ---- Batches whose audio was all unusable are skipped ----------------
-    def fit_batch(self, batch):
-        """One micro-batch; an all-bad batch still honours ``should_step``."""
-        if batch is not None:
-            self._log_skipped(batch.skipped)
-            return super().fit_batch(batch)
-        should_step = self.step % self.grad_accumulation_factor == 0
-        if should_step:
-            self.optimizers_step()
-        self.on_fit_batch_end(batch, None, None, should_step)
-        return torch.tensor(float(self.avg_train_loss))
+    def _placeholder_backward(self):
+        """Zero gradients through the DDP model, for a rank with no data.
 
-    def evaluate_batch(self, batch, stage):
-        """Evaluates one batch, skipping one whose audio was all unusable."""
-        if batch is None:
-            return torch.tensor(0.0)
-        self._log_skipped(batch.skipped)
-        return super().evaluate_batch(batch, stage)
-
-    def _log_skipped(self, skipped):
-        for utt_id, reason in skipped:
-            self.skipped_audio += 1
-            logger.warning("Skipped %s: %s", utt_id, reason)
+        The other ranks' backward passes wait for this rank's gradients:
+        skipping would hang them.
+        """
+        encoder = _unwrap(self.modules.model).encoder
+        frames = int(encoder.min_input_frames)
+        feats = torch.zeros(
+            1, frames, encoder.config["n_mels"], device=self.device
+        )
+        lengths = torch.tensor([frames], device=self.device)
+        with self.training_ctx:
+            logits, _ = self.modules.model(feats, lengths)
+        (logits.float().sum() * 0.0).backward()
 
     # ---- Optimisation ------------------------------------------------------
     def init_optimizers(self):
@@ -185,38 +206,31 @@ class S3LFinetune(sb.Brain):
             for name, optimizer in self.optimizers_dict.items():
                 self.lr_schedules[name](optimizer, self.optimizer_step)
 
-    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
-        # Only on optimizer-step boundaries: a checkpoint in the middle of an
-        # accumulation window would lose the gradients gathered so far.
-        boundary = self.step % self.grad_accumulation_factor == 0
-        return boundary and super()._should_save_intra_epoch_ckpt(
-            last_ckpt_time, steps_since_ckpt
-        )
-
     # ---- Stages ------------------------------------------------------------
-    def on_fit_start(self):
-        """Counters for skipped audio, then SpeechBrain's set-up/resume."""
-        self.skipped_audio = 0
-        super().on_fit_start()
-
-    def on_evaluate_start(self, max_key=None, min_key=None):
-        """Loads the best checkpoint (min WER)."""
-        if not hasattr(self, "skipped_audio"):
-            self.skipped_audio = 0
-        super().on_evaluate_start(max_key=max_key, min_key=min_key)
-
     def on_stage_start(self, stage, epoch=None):
-        """Fresh error-rate trackers for validation and test."""
-        if stage != sb.Stage.TRAIN:
+        """Fresh loss sums; error-rate trackers for validation and test."""
+        self._epoch = epoch
+        self.stage_loss_sum = torch.zeros((), device=self.device)
+        self.stage_batches = 0
+        if stage == sb.Stage.TRAIN:
+            # SpeechBrain drops a partial window at an epoch's end.
+            self._reset_window()
+        else:
             self.wer_metric = self.hparams.error_rate_computer()
             self.cer_metric = self.hparams.cer_computer()
             self.beam_metric = self.hparams.error_rate_computer()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs; checkpoints on valid WER; writes the test WER files."""
+        self._flush_skipped()
+        if stage != sb.Stage.TRAIN and self.stage_batches:
+            # The mean over the batches evaluated; SpeechBrain's running
+            # average would count skipped (all-unusable) batches too.
+            stage_loss = float(self.stage_loss_sum) / self.stage_batches
         stats = {"loss": stage_loss}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
+            self.write_cost()  # at each epoch's end
             return
         stats["CER"] = self.cer_metric.summarize("error_rate")
         stats["WER"] = self.wer_metric.summarize("error_rate")
@@ -227,7 +241,11 @@ class S3LFinetune(sb.Brain):
             }
             self.hparams.train_logger.log_stats(
                 stats_meta=dict(
-                    epoch=epoch, optimizer_step=self.optimizer_step, **lrs
+                    epoch=epoch,
+                    optimizer_step=self.optimizer_step,
+                    **lrs,
+                    skipped_audio=self.skipped_audio,
+                    nonfinite_steps=self.nonfinite_steps,
                 ),
                 train_stats=getattr(self, "train_stats", None),
                 valid_stats=stats,
@@ -372,8 +390,7 @@ def load_hparams(hparams_file, overrides):
 
 
 def _load_yaml(hparams_file, overrides):
-    with open(hparams_file, encoding="utf-8") as fin:
-        return load_hyperpyyaml(fin, overrides)
+    return load_yaml(hparams_file, overrides)
 
 
 def check_config(hparams, vocab):
@@ -497,9 +514,21 @@ def dataio_prepare(hparams, csv_folder, vocab, test_splits):
     train, valid : DynamicItemDataset
     tests : dict
         Split name -> DynamicItemDataset.
-    sampler : DynamicBatchSampler
+    sampler : DynamicBatchSampler or None
+        None without ``dynamic_batching`` (fixed-size batches).
     """
-    audio = make_audio_pipeline(hparams["sample_rate"])
+    # A file may not be what the CSV says (replaced, damaged): the audio
+    # pipeline checks its real duration too, and a file too short for one
+    # encoder frame (or, in training, longer than max_duration) is skipped
+    # instead of stopping the run.
+    min_seconds = hparams["encoder"].min_input_seconds
+
+    def audio(max_seconds):
+        return make_audio_pipeline(
+            hparams["sample_rate"],
+            max_seconds=max_seconds,
+            min_seconds=min_seconds,
+        )
 
     @sb.utils.data_pipeline.takes("wrd")
     @sb.utils.data_pipeline.provides("tokens")
@@ -511,7 +540,7 @@ def dataio_prepare(hparams, csv_folder, vocab, test_splits):
             os.path.join(csv_folder, csv_name)
         )
         dataset = filter_dataset(dataset, hparams, vocab, name, max_duration)
-        sb.dataio.dataset.add_dynamic_item([dataset], audio)
+        sb.dataio.dataset.add_dynamic_item([dataset], audio(max_duration))
         sb.dataio.dataset.add_dynamic_item([dataset], text_pipeline)
         sb.dataio.dataset.set_output_keys(
             [dataset], ["id", "sig", "audio_error", "wrd", "tokens"]
@@ -521,11 +550,7 @@ def dataio_prepare(hparams, csv_folder, vocab, test_splits):
     train = load("train.csv", "train", hparams["max_duration"])
     valid = load(f"{hparams['valid_split']}.csv", hparams["valid_split"])
     tests = {split: load(f"{split}.csv", split) for split in test_splits}
-    sampler = sb.dataio.sampler.DynamicBatchSampler(
-        train,
-        length_func=lambda example: example["duration"],
-        **hparams["dynamic_batch_sampler"],
-    )
+    sampler = make_train_sampler(hparams, train)
     return train, valid, tests, sampler
 
 
@@ -561,6 +586,21 @@ def resolve_splits(hparams):
 
 
 def main(argv):
+    """Runs the recipe; configuration mistakes raise ConfigError.
+
+    From the command line, ``run_cli`` turns them into one line,
+    ``s3l: error: ...``, and exit status 2.
+
+    Arguments
+    ---------
+    argv : list of str
+        Command-line arguments (YAML file, then options).
+
+    Returns
+    -------
+    S3LFinetune
+        The trained Brain.
+    """
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
     from librispeech_prepare import prepare_librispeech
@@ -568,8 +608,12 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     hparams, overrides = load_hparams(hparams_file, overrides)
     check_run_options(hparams, run_opts)
+    resolve_checkpoint_interval(hparams, run_opts)
 
     sb.utils.distributed.ddp_init_group(run_opts)
+    # The modules are built (alike on every rank); from here on each rank
+    # draws its own augmentations and dropout masks.
+    seed_rank(hparams["seed"], int(os.environ.get("RANK") or 0))
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -579,19 +623,25 @@ def main(argv):
     data_folder, train_splits, test_splits = resolve_splits(hparams)
     csv_folder = hparams["csv_folder"]
     valid_split = hparams["valid_split"]
-    run_on_main(
-        prepare_librispeech,
-        kwargs={
-            "data_folder": data_folder,
-            "save_folder": csv_folder,
-            "tr_splits": train_splits,
-            "dev_splits": [valid_split],
-            "te_splits": [s for s in test_splits if s != valid_split],
-            "merge_lst": train_splits,
-            "merge_name": "train.csv",
-            "skip_prep": hparams["skip_prep"],
-        },
-    )
+    try:
+        run_on_main(
+            prepare_librispeech,
+            kwargs={
+                "data_folder": data_folder,
+                "save_folder": csv_folder,
+                "tr_splits": train_splits,
+                "dev_splits": [valid_split],
+                "te_splits": [s for s in test_splits if s != valid_split],
+                "merge_lst": train_splits,
+                "merge_name": "train.csv",
+                "skip_prep": hparams["skip_prep"],
+            },
+        )
+    except FileNotFoundError as error:
+        raise ConfigError(
+            f"{error}: --data_folder must hold the splits "
+            f"{train_splits + [valid_split] + test_splits}"
+        ) from error
 
     vocab = build_vocabulary(hparams, csv_folder)
     check_config(hparams, vocab)
@@ -617,11 +667,12 @@ def main(argv):
                 "encoder stays random"
             )
 
+    checkpointer = AtomicCheckpointer.from_checkpointer(hparams["checkpointer"])
     brain = S3LFinetune(
         modules=hparams["modules"],
         hparams=hparams,
         run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
+        checkpointer=checkpointer,
     )
     brain.vocab = vocab
     brain.beam_searcher = None
@@ -632,28 +683,30 @@ def main(argv):
             space_token=" ",
         )
     brain.test_results = {}
-    brain.checkpointer.add_recoverable("random_state", RandomState())
+    prepare_resume(checkpointer, brain)
     # Brain only re-seeds samplers it built itself; without this the
     # dynamic batches would come in the same order every epoch.
     brain.train_sampler = sampler
-    collate = SkipBadAudioCollate()
-    loader = {"collate_fn": collate, "num_workers": hparams["num_workers"]}
+    brain.start_cost_tracker(projection=PAPER_FINETUNING)
+    collate = SkipBadAudioCollate(empty_batch=True)
     brain.fit(
         brain.hparams.epoch_counter,
         train,
         valid,
-        train_loader_kwargs=dict(loader, batch_sampler=sampler),
-        valid_loader_kwargs=dict(
-            loader, batch_size=hparams["valid_batch_size"]
+        train_loader_kwargs=train_loader_kwargs(hparams, collate, sampler),
+        valid_loader_kwargs=eval_loader_kwargs(
+            hparams, collate, hparams["valid_batch_size"]
         ),
     )
+    brain.write_cost()
+    brain.dump_for_tests({"model": _unwrap(brain.modules.model).state_dict()})
     for split, dataset in tests.items():
         brain.test_split = split
         brain.evaluate(
             dataset,
             min_key=hparams["best_key"],
-            test_loader_kwargs=dict(
-                loader, batch_size=hparams["test_batch_size"]
+            test_loader_kwargs=eval_loader_kwargs(
+                hparams, collate, hparams["test_batch_size"]
             ),
         )
     if if_main_process():
@@ -704,4 +757,4 @@ def build_vocabulary(hparams, csv_folder):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, sys.argv[1:])

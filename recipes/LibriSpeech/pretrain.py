@@ -46,68 +46,48 @@ import time
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from s3l_plugin.checkpointing import (
-    AtomicCheckpointer,
-    CheckpointMismatchError,
-    NoiseStream,
-    PerRankState,
-    RandomState,
-    check_checkpoint_compatible,
-)
-from s3l_plugin.data.audio import (
-    EmptyBatch,
-    SkipBadAudioCollate,
-    make_audio_pipeline,
-)
+from s3l_plugin.checkpointing import AtomicCheckpointer, NoiseStream
+from s3l_plugin.data.audio import SkipBadAudioCollate, make_audio_pipeline
 from s3l_plugin.pretrained import save_encoder
 from s3l_plugin.pretraining import s3l_forward
-from s3l_plugin.recipe_utils import (
+from s3l_plugin.recipe_utils import (  # noqa: F401 (re-exported test hooks)
+    CRASH_ENV,
+    CRASH_EXIT_CODE,
+    DUMP_ENV,
     ConfigError,
+    GuardedTrainingMixin,
+    NonFiniteError,  # noqa: F401 (raised by the Brain; re-exported)
     check_run_options,
+    eval_loader_kwargs,
+    load_yaml,
+    make_train_sampler,
+    prepare_resume,
     resolve_checkpoint_interval,
     resolve_data_folder,
     resolve_noise_csv,
+    run_cli,
     seed_rank,
+    train_loader_kwargs,
 )
 from s3l_plugin.teacher import unwrap_module
 
 logger = logging.getLogger(__name__)
 
-CRASH_ENV = "S3L_TEST_CRASH_AFTER_STEPS"
-DUMP_ENV = "S3L_TEST_DUMP_DIR"
-CRASH_EXIT_CODE = 86
 
-
-class NonFiniteError(RuntimeError):
-    """Too many optimizer steps in a row had a non-finite loss or gradient."""
-
-
-class S3LPretrain(sb.Brain):
+class S3LPretrain(GuardedTrainingMixin, sb.Brain):
     """Brain for S3L pretraining: student (encoder + predictor) and teacher.
 
     The teacher is a module (moved to the device, checkpointed) but has no
     trainable parameter, so SpeechBrain neither optimises nor DDP-wraps it;
     it keeps itself in eval mode whatever ``Brain`` asks.
 
-    ``fit_batch`` replaces SpeechBrain's so that an optimizer step happens
-    only when it can do good: a window of micro-batches whose audio was all
+    ``fit_batch`` (:class:`GuardedTrainingMixin`) steps the optimizer only
+    when it can do good: a window of micro-batches whose audio was all
     unusable, or whose loss or gradient is not finite, leaves the student,
     the teacher, the LR schedule and the step count untouched.
     """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.skipped_audio = 0
-        self.nonfinite_steps = 0
-        self.nonfinite_in_a_row = 0
-        self._pending_skips = []
-        self._crash_after = int(os.environ.get(CRASH_ENV) or 0)
-        self.batch_log = [] if os.environ.get(DUMP_ENV) else None
-        self._epoch = None
-        self._reset_window()
 
     def compute_forward(self, batch, stage):
         """Student predictions and teacher targets for one batch."""
@@ -148,56 +128,6 @@ class S3LPretrain(sb.Brain):
             stats["batches"] += 1
         return loss
 
-    def fit_batch(self, batch):
-        """One micro-batch: forward, backward, and a guarded optimizer step.
-
-        An ``EmptyBatch`` (all its audio was unusable) adds nothing; under
-        DDP its rank still joins the gradient all-reduce, with zero
-        gradients.
-
-        Arguments
-        ---------
-        batch : PaddedBatch or EmptyBatch
-            From :class:`SkipBadAudioCollate`.
-
-        Returns
-        -------
-        torch.Tensor
-            The detached loss (NaN for an empty batch, which SpeechBrain's
-            running average ignores).
-        """
-        factor = self.grad_accumulation_factor
-        should_step = self.step % factor == 0
-        self._note_skipped(batch.skipped, sb.Stage.TRAIN)
-        if self.batch_log is not None:
-            self.batch_log.append((self._epoch, list(batch.id)))
-        self.on_fit_batch_start(batch, should_step)
-        loss = outputs = None
-        with self.no_sync(not should_step):
-            if not isinstance(batch, EmptyBatch):
-                with self.training_ctx:
-                    outputs = self.compute_forward(batch, sb.Stage.TRAIN)
-                    loss = self.compute_objectives(
-                        outputs, batch, sb.Stage.TRAIN
-                    )
-                self.scaler.scale(loss / factor).backward()
-                self._window_nonfinite_loss |= ~torch.isfinite(loss.detach())
-                self._window_batches += 1
-            elif self.distributed_launch:
-                self._placeholder_backward()
-        stepped = self._step_optimizer() if should_step else False
-        self.on_fit_batch_end(batch, outputs, loss, stepped)
-        if loss is None:
-            return torch.tensor(float("nan"))
-        return loss.detach().cpu()
-
-    def _reset_window(self):
-        """Forgets the state of the accumulation window."""
-        self._window_batches = 0
-        self._window_nonfinite_loss = torch.zeros(
-            (), dtype=torch.bool, device=self.device
-        )
-
     def _placeholder_backward(self):
         """Zero gradients through the DDP student, for a rank with no data.
 
@@ -215,141 +145,6 @@ class S3LPretrain(sb.Brain):
             predictions, _ = student(feats, lengths)
         (predictions.float().sum() * 0.0).backward()
 
-    def _step_optimizer(self):
-        """Applies the window's gradients, unless it cannot do good.
-
-        Skipped (gradients dropped, no EMA, LR or step count change): a
-        window with no usable audio on any rank, or a non-finite loss or
-        gradient norm on any rank. The decision is all-reduced, so every
-        DDP rank takes the same one.
-
-        Returns
-        -------
-        bool
-            Whether the optimizer stepped.
-        """
-        local_batches = self._window_batches
-        nonfinite_loss = self._window_nonfinite_loss
-        self._reset_window()
-        if local_batches == 0 and not self.distributed_launch:
-            self.zero_grad(set_to_none=True)
-            self._log_skipped_step("no usable audio in its batches")
-            return False
-        self.scaler.unscale_(self.optimizer)
-        params = [
-            param
-            for group in self.optimizer.param_groups
-            for param in group["params"]
-        ]
-        # Every parameter group is clipped (SpeechBrain clips group 0 only).
-        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-        flags = torch.stack(
-            [
-                nonfinite_loss.float(),
-                (~torch.isfinite(norm)).float().to(self.device),
-                torch.tensor(float(local_batches), device=self.device),
-            ]
-        )
-        if self.distributed_launch:
-            torch.distributed.all_reduce(flags)
-        bad_loss, bad_grad, batches = (float(flag) for flag in flags)
-        if batches and not (bad_loss or bad_grad):
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.zero_grad(set_to_none=True)
-            self.optimizer_step += 1
-            self.nonfinite_in_a_row = 0
-            return True
-        self.zero_grad(set_to_none=True)
-        if self.scaler.is_enabled():
-            self.scaler.update()  # lowers the fp16 loss scale on overflow
-        if not batches:
-            self._log_skipped_step("no usable audio in its batches")
-        elif (
-            self.scaler.is_enabled()
-            and not bad_loss
-            and self.scaler.get_scale() >= 1.0
-        ):
-            # fp16 overflow: the loss scaler's business, not a failure
-            # (unless the scale has already collapsed below 1).
-            self._log_skipped_step(
-                "fp16 gradient overflow, loss scale lowered to %g",
-                self.scaler.get_scale(),
-                level=logging.INFO,
-            )
-        else:
-            self._count_nonfinite("loss" if bad_loss else "gradient")
-        return False
-
-    def _log_skipped_step(self, reason, *args, level=logging.WARNING):
-        # Every rank takes the same decision: the main process says it.
-        if if_main_process():
-            logger.log(
-                level,
-                "Optimizer step %d skipped: " + reason,
-                self.optimizer_step + 1,
-                *args,
-            )
-
-    def _count_nonfinite(self, what):
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_steps += 1
-        patience = self.nonfinite_patience
-        self._log_skipped_step(
-            "non-finite %s (%d in a row, %d in all; the run stops after "
-            "more than %d in a row)",
-            what,
-            self.nonfinite_in_a_row,
-            self.nonfinite_steps,
-            patience,
-        )
-        if self.nonfinite_in_a_row > patience:
-            raise NonFiniteError(
-                f"{self.nonfinite_in_a_row} optimizer steps in a row had a "
-                f"non-finite {what} (after step {self.optimizer_step}, epoch "
-                f"{self._epoch}); lower --lr, check the data, or train in "
-                "--precision=fp32 (--nonfinite_patience sets how many in a "
-                f"row are skipped, now {patience})"
-            )
-
-    def evaluate_batch(self, batch, stage):
-        """Evaluates one batch, skipping one whose audio was all unusable."""
-        self._note_skipped(batch.skipped, stage)
-        if isinstance(batch, EmptyBatch):
-            return torch.tensor(float("nan"))
-        return super().evaluate_batch(batch, stage)
-
-    def _note_skipped(self, skipped, stage):
-        """Queues skipped files for logging in the main process."""
-        if stage != sb.Stage.TRAIN and self.rank_index != 0:
-            return  # every rank evaluates the same files: count them once
-        self._pending_skips.extend(skipped)
-        if not self.distributed_launch:
-            self._flush_skipped()
-
-    def _flush_skipped(self):
-        """Logs (main process) and counts the files skipped on all ranks.
-
-        Collective under DDP: every rank calls it at the same points.
-        """
-        pending, self._pending_skips = self._pending_skips, []
-        gathered = [pending]
-        if self.distributed_launch:
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, pending)
-        for rank_skips in gathered:
-            for utt_id, reason in rank_skips:
-                self.skipped_audio += 1
-                if if_main_process():
-                    logger.warning("Skipped audio %s: %s", utt_id, reason)
-
-    @property
-    def rank_index(self):
-        """This process's rank (0 when not distributed)."""
-        if self.distributed_launch:
-            return torch.distributed.get_rank()
-        return 0
-
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """EMA and LR are stepped once per optimizer step, after it.
 
@@ -363,10 +158,6 @@ class S3LPretrain(sb.Brain):
         interval = self.hparams.log_interval
         if interval and self.optimizer_step % interval == 0:
             self._log_progress()
-        if self._crash_after and self.optimizer_step >= self._crash_after:
-            # Test hook: dies like a killed process (no clean-up, no save).
-            logging.shutdown()
-            os._exit(CRASH_EXIT_CODE)
 
     def _log_progress(self):
         if self.distributed_launch:
@@ -428,29 +219,6 @@ class S3LPretrain(sb.Brain):
         self.modules.teacher.eval()
         self.last_momentum = self.modules.teacher.momentum()
 
-    def counters_state(self):
-        """The run's counters, for the checkpoint."""
-        return {
-            "skipped_audio": self.skipped_audio,
-            "nonfinite_steps": self.nonfinite_steps,
-            "nonfinite_in_a_row": self.nonfinite_in_a_row,
-        }
-
-    def load_counters_state(self, state):
-        """Restores :meth:`counters_state`."""
-        self.skipped_audio = state["skipped_audio"]
-        self.nonfinite_steps = state["nonfinite_steps"]
-        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
-
-    def _should_save_intra_epoch_ckpt(self, last_ckpt_time, steps_since_ckpt):
-        # Save only on optimizer-step boundaries: a checkpoint in the middle
-        # of an accumulation window would lose the gradients gathered so far
-        # and a resumed run would differ from an uninterrupted one.
-        boundary = self.step % self.grad_accumulation_factor == 0
-        return boundary and super()._should_save_intra_epoch_ckpt(
-            last_ckpt_time, steps_since_ckpt
-        )
-
     def on_stage_start(self, stage, epoch=None):
         """Resets the stage's running statistics."""
         self._epoch = epoch
@@ -475,6 +243,7 @@ class S3LPretrain(sb.Brain):
         }
         if stage == sb.Stage.TRAIN:
             self.train_stats = stage_stats
+            self.write_cost()  # at each epoch's end
             return
         self.hparams.train_logger.log_stats(
             stats_meta={
@@ -499,7 +268,10 @@ class S3LPretrain(sb.Brain):
 
 
 def dataio_prepare(hparams, csv_folder):
-    """Train and valid datasets with their audio pipeline and sampler."""
+    """Train and valid datasets with their audio pipeline and sampler.
+
+    The sampler is None without ``dynamic_batching`` (fixed-size batches).
+    """
     pipeline = make_audio_pipeline(
         hparams["sample_rate"],
         max_seconds=hparams["max_duration"],
@@ -523,36 +295,8 @@ def dataio_prepare(hparams, csv_folder):
             [dataset], ["id", "sig", "audio_error"]
         )
         datasets[name] = dataset
-    sampler = sb.dataio.sampler.DynamicBatchSampler(
-        datasets["train"],
-        length_func=lambda example: example["duration"],
-        **hparams["dynamic_batch_sampler"],
-    )
+    sampler = make_train_sampler(hparams, datasets["train"])
     return datasets["train"], datasets["valid"], sampler
-
-
-def load_hparams(hparams_file, overrides):
-    """Loads the YAML; a mistake in it or in an override is a ConfigError.
-
-    Building the YAML's objects (encoder, losses...) is where unknown
-    options and impossible values show up.
-    """
-    try:
-        with open(hparams_file, encoding="utf-8") as fin:
-            return load_hyperpyyaml(fin, overrides)
-    except OSError as error:
-        raise ConfigError(f"cannot read {hparams_file}: {error}") from error
-    except KeyError as error:
-        message = str(error.args[0]) if error.args else str(error)
-        if message.startswith("Override '"):
-            key = message.split("'")[1]
-            message = (
-                f"--{key} is neither a run option nor a key of "
-                f"{hparams_file}: check its spelling"
-            )
-        raise ConfigError(message) from error
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"{hparams_file}: {error}") from error
 
 
 def _rank():
@@ -573,7 +317,7 @@ def run_pretraining(argv):
         The trained Brain.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    hparams = load_hparams(hparams_file, overrides)
+    hparams = load_yaml(hparams_file, overrides)
     check_run_options(hparams, run_opts)
     resolve_checkpoint_interval(hparams, run_opts)
 
@@ -624,48 +368,27 @@ def run_pretraining(argv):
     brain.noise_augment = hparams["noise_augment"](csv_file=noise_csv).to(
         brain.device
     )
-    checkpointer.add_recoverable("random_state", RandomState())
     brain.noise_stream = NoiseStream(
         brain.noise_augment.add_noise, hparams["seed"] + _rank()
     )
-    checkpointer.add_recoverable(
-        "noise_stream", brain.noise_stream, optional_load=True
+    prepare_resume(
+        checkpointer,
+        brain,
+        extra_recoverables={"noise_stream": brain.noise_stream},
     )
-    checkpointer.add_recoverable(
-        "counters",
-        PerRankState(brain.counters_state, brain.load_counters_state),
-        optional_load=True,
-    )
-    checkpointer.remove_incomplete()
-    try:
-        resumed = check_checkpoint_compatible(checkpointer)
-    except CheckpointMismatchError as error:
-        raise ConfigError(str(error)) from error
-    if resumed:
-        logger.info("Resuming from %s", resumed)
     # Brain only re-seeds samplers it built itself; without this the
     # dynamic batches would come in the same order every epoch.
     brain.train_sampler = sampler
+    brain.start_cost_tracker()  # projected to the paper's pretraining
     collate = SkipBadAudioCollate(empty_batch=True)
-    # Own generators: a DataLoader otherwise draws its workers' base seed
-    # from the global generator each epoch, and a resumed run (which
-    # restores that generator first) would draw it once more.
     brain.fit(
         brain.hparams.epoch_counter,
         train_set,
         valid_set,
-        train_loader_kwargs={
-            "batch_sampler": sampler,
-            "collate_fn": collate,
-            "num_workers": hparams["num_workers"],
-            "generator": torch.Generator().manual_seed(hparams["seed"]),
-        },
-        valid_loader_kwargs={
-            "batch_size": hparams["valid_batch_size"],
-            "collate_fn": collate,
-            "num_workers": hparams["num_workers"],
-            "generator": torch.Generator().manual_seed(hparams["seed"]),
-        },
+        train_loader_kwargs=train_loader_kwargs(hparams, collate, sampler),
+        valid_loader_kwargs=eval_loader_kwargs(
+            hparams, collate, hparams["valid_batch_size"]
+        ),
     )
     if if_main_process():
         student = unwrap_module(brain.modules.student)
@@ -681,28 +404,14 @@ def run_pretraining(argv):
             brain.nonfinite_steps,
             hparams["output_folder"],
         )
-    _dump_for_tests(brain)
-    return brain
-
-
-def _dump_for_tests(brain):
-    """Test hook: this rank's final models and batches (see module doc)."""
-    folder = os.environ.get(DUMP_ENV)
-    if not folder:
-        return
-    os.makedirs(folder, exist_ok=True)
-    rank = brain.rank_index
-    torch.save(
+    brain.write_cost()
+    brain.dump_for_tests(
         {
-            "rank": rank,
             "student": unwrap_module(brain.modules.student).state_dict(),
             "teacher": brain.modules.teacher.state_dict(),
-            "batches": brain.batch_log,
-            "optimizer_step": brain.optimizer_step,
-            "skipped_audio": brain.skipped_audio,
-        },
-        os.path.join(folder, f"rank{rank}.pt"),
+        }
     )
+    return brain
 
 
 def main(argv=None):
@@ -718,20 +427,7 @@ def main(argv=None):
     S3LPretrain
         The trained Brain.
     """
-    try:
-        return run_pretraining(sys.argv[1:] if argv is None else argv)
-    except ConfigError as error:
-        _exit(error, 2)
-    except NonFiniteError as error:
-        _exit(error, 1)
-
-
-def _exit(error, status):
-    message = "s3l: error: " + " ".join(str(error).split())
-    if logging.getLogger().handlers:
-        logger.error(message)  # into log.txt, once logging is set up
-    print(message, file=sys.stderr, flush=True)
-    sys.exit(status)
+    return run_cli(run_pretraining, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
