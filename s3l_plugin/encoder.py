@@ -476,6 +476,44 @@ class S3LEncoder(nn.Module):
             "pos_conv_groups": 2,
         }
 
+    def compile_layers(self, dynamic=True, **compile_kwargs):
+        """Compiles the conv and transformer stacks with ``torch.compile``.
+
+        Each of ``conv1``, ``transf1``, ``conv2`` and ``transf2`` is
+        compiled in place (``nn.Module.compile``), so parameter names,
+        checkpoints and the EMA teacher's matching are unchanged; the
+        features, the length check and the projection stay eager. With
+        ``dynamic=True`` (the default) one graph serves every batch shape.
+        A deep copy (the ``EMATeacher``'s) is not compiled: call this on
+        the teacher's encoder too (``compile_s3l`` does both). Raises
+        dynamo's ``recompile_limit`` to at least 64: student and teacher,
+        training and validation, conv1 and conv2 each need their own graph
+        of the same code, and past the limit dynamo silently runs eager.
+
+        Arguments
+        ---------
+        dynamic : bool
+            Dynamic shapes (``torch.compile(dynamic=...)``).
+        **compile_kwargs
+            Passed to ``torch.compile`` (e.g. ``mode``, ``backend``).
+
+        Returns
+        -------
+        S3LEncoder
+            ``self``.
+
+        Example
+        -------
+        >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+        >>> encoder.compile_layers(backend="eager") is encoder
+        True
+        """
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, 64)
+        for module in (self.conv1, self.transf1, self.conv2, self.transf2):
+            module.compile(dynamic=dynamic, **compile_kwargs)
+        return self
+
     @property
     def min_input_frames(self):
         """Fewest feature frames giving one output frame (29)."""

@@ -143,6 +143,7 @@ class EMATeacher(nn.Module):
         self.final_momentum = final_momentum
         self.total_steps = total_steps
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._step_cache = None  # (_step_key(), value), see _host_step
         self.train(False)
 
     def train(self, mode=True):
@@ -187,7 +188,7 @@ class EMATeacher(nn.Module):
         (0.0, 1.0)
         """
         if step is None:
-            step = int(self.step)
+            step = self._host_step()
         return cosine_momentum(
             step, self.total_steps, self.base_momentum, self.final_momentum
         )
@@ -238,7 +239,26 @@ class EMATeacher(nn.Module):
         ):
             teacher_buffer.copy_(student_buffer)
         self.step += 1
+        self._step_cache = (self._step_key(), self._step_cache[1] + 1)
         return momentum
+
+    def _step_key(self):
+        """What changes whenever ``step`` may have: tensor and version."""
+        return (id(self.step), self.step.data_ptr(), self.step._version)
+
+    def _host_step(self):
+        """``int(self.step)`` without reading the device when unchanged.
+
+        ``step`` lives on the model's device; reading it back would
+        synchronise the host with the device once per optimizer step. A
+        host copy is kept and trusted while the buffer is the same tensor
+        at the same version (``load_state_dict``, ``.to()`` or any in-place
+        write change one of them).
+        """
+        key = self._step_key()
+        if self._step_cache is None or self._step_cache[0] != key:
+            self._step_cache = (key, int(self.step))
+        return self._step_cache[1]
 
     def _match(self, student):
         """The student's parameters and buffers in the teacher's order."""
@@ -299,8 +319,14 @@ class EMATeacher(nn.Module):
         with torch.no_grad():
             return self.encoder.encode(feats, feat_lens, **kwargs)
 
-    def encode_projected(self, feats, feat_lens):
+    def encode_projected(self, feats, feat_lens, left=0, num_frames=None):
         """The contrastive targets: projected encoder frames, no gradient.
+
+        With ``left`` and ``num_frames`` only the output frames
+        ``left .. left + num_frames - 1`` are projected and returned (the
+        crop that undoes the random shift), so no projection is spent on
+        the frames the crop throws away. The result equals projecting
+        everything and cropping after.
 
         Arguments
         ---------
@@ -308,13 +334,18 @@ class EMATeacher(nn.Module):
             (B, T, n_mels) features.
         feat_lens : torch.Tensor
             (B,) frame counts.
+        left : int
+            Output frames to skip at the front.
+        num_frames : int, optional
+            Output frames to keep from ``left``; default all the rest.
 
         Returns
         -------
         targets : torch.Tensor
-            (B, T', proj_dim); frames past each length are 0.
+            (B, num_frames, proj_dim); frames past each utterance's end (in
+            the uncropped output) are 0.
         lengths : torch.Tensor
-            (B,) output frame counts.
+            (B,) output frame counts of the uncropped output.
 
         Example
         -------
@@ -326,11 +357,22 @@ class EMATeacher(nn.Module):
         ... )
         >>> bool((targets[1, lengths[1] :] == 0).all())
         True
+        >>> cropped, _ = teacher.encode_projected(
+        ...     feats, torch.tensor([120, 64]), left=2, num_frames=5
+        ... )
+        >>> torch.allclose(cropped, targets[:, 2:7], atol=1e-6)
+        True
         """
         with torch.no_grad():
             encoded = self.encoder.encode(feats, feat_lens)
-            targets = self.encoder.proj(encoded.out)
-            frames = torch.arange(targets.shape[1], device=targets.device)
+            out = encoded.out
+            if left or num_frames is not None:
+                stop = out.shape[1] if num_frames is None else left + num_frames
+                out = out[:, left:stop]
+            targets = self.encoder.proj(out)
+            frames = torch.arange(
+                left, left + targets.shape[1], device=targets.device
+            )
             padding = frames >= encoded.lengths.unsqueeze(1)
             # The projection's bias would make padded frames non-zero.
             targets = targets.masked_fill(padding.unsqueeze(-1), 0.0)
