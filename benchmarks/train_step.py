@@ -1,0 +1,693 @@
+#!/usr/bin/env python3
+"""Throughput and peak memory of one full pretraining step, S3L vs others.
+
+Every variant trains on the same random waveforms (``--batch`` utterances
+of ``--seconds``, default 4 x 15 s) on the same machine, in one run,
+interleaved (repeat 1 of every variant and precision, then repeat 2, ...),
+after one warm-up step each; the median step time is reported.
+
+Variants
+--------
+``s3l``
+    The S3L step exactly as the recipe runs it: ``s3l_forward`` (features
+    of clean and noisy audio in one call, white-noise augmentation,
+    SpecAugment, student, random shift, teacher under ``no_grad``),
+    ``ContrastiveLoss``, backward, gradient clipping at 10, AdamW (the
+    recipe's settings), ``EMATeacher.update``. Attention ``auto`` (FlashAttention
+    on CUDA, SDPA elsewhere).
+``s3l-compiled`` (``--compile``)
+    The same with ``compile_s3l`` (``torch.compile(dynamic=True)`` of the
+    encoders' stacks and the predictor); compile time is left out (warm-up).
+``s3l-all-off``
+    S3L with every project optimisation off: ``math`` attention, fp32, no
+    compile, and a teacher run as a plain forward with autograd on (its
+    parameters require gradients, as in a naive copy of the student) whose
+    projected output is detached after (projection over all frames, then
+    the crop).
+``bestrq``
+    SpeechBrain's BEST-RQ pretraining step, as its LibriSpeech recipe
+    (``BEST-RQ.yaml`` / ``train.py``): ``Fbank(80)``, sentence
+    ``InputNormalization``, ``RandomProjectionQuantizer`` targets (16-d
+    codes, 8192 entries) on stacked frames, masking (p 0.15, length 4,
+    noise N(0, 0.1)), ``ConvolutionFrontEnd`` (2 blocks, x4), conformer
+    ``TransformerASR`` through ``EncoderWrapper`` with ``RelPosMHAXL``
+    (d 576, 8 heads, pre-LN, GELU), ``Linear(576 -> 8192)`` and
+    cross-entropy on the masked frames, clipping at 10, AdamW. Scaled to
+    S3L's size with 3 conformer layers and FFN 1536 (the recipe has 12 and
+    2048, 94 M parameters); both parameter counts are printed.
+``s3l-math``, ``s3l-teacher-autograd`` (``--ablations``)
+    S3L with one optimisation reverted, to measure each on its own.
+``s3l-teacher-inference-mode``, ``s3l-fused-adamw`` (``--ablations``)
+    S3L with a candidate optimisation: the teacher under
+    ``torch.inference_mode`` (targets cloned), or ``AdamW(fused=True)``
+    (the recipe uses the default, foreach implementation).
+
+Columns: audio seconds processed per second of step, step time, peak
+memory (``benchmarks/benchutils.py``: CUDA allocator peak; on CPU a tracker of
+tensor storages, in a separate untimed step) for fp32 and bf16 autocast.
+A per-phase breakdown of the S3L step follows (separate timed runs with the
+same functions the step uses, ``time.perf_counter`` around each phase,
+CUDA synchronised at the boundaries).
+
+Example::
+
+    python benchmarks/train_step.py                   # 4 x 15 s, median of 5
+    python benchmarks/train_step.py --compile --ablations
+    python benchmarks/train_step.py --tiny            # seconds, for tests
+
+Authors
+ * S3L contributors 2025
+"""
+
+import argparse
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from benchutils import (
+    PhaseTimer,
+    autocast,
+    count_parameters,
+    describe_device,
+    fmt,
+    format_table,
+    measure_peak_memory,
+    memory_method,
+    time_call,
+)
+from speechbrain.lobes.features import Fbank
+from speechbrain.lobes.models.BESTRQ import compute_mask
+from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
+from speechbrain.lobes.models.transformer.TransformerASR import (
+    EncoderWrapper,
+    TransformerASR,
+)
+from speechbrain.nnet.linear import Linear
+from speechbrain.nnet.quantisers import RandomProjectionQuantizer
+from speechbrain.processing.features import InputNormalization
+from torch import nn
+
+from s3l_plugin.augment import NoiseAugment, RandomShift, SpecAugment
+from s3l_plugin.encoder import S3LEncoder
+from s3l_plugin.loss import ContrastiveLoss
+from s3l_plugin.predictor import Predictor
+from s3l_plugin.pretraining import (
+    S3LStudent,
+    compile_s3l,
+    s3l_forward,
+    s3l_inputs,
+    s3l_targets,
+)
+from s3l_plugin.teacher import EMATeacher
+
+HEADERS = [
+    "variant",
+    "params_M",
+    "fp32_audio_s_per_s",
+    "fp32_step_s",
+    "fp32_peak_MiB",
+    "bf16_audio_s_per_s",
+    "bf16_step_s",
+    "bf16_peak_MiB",
+]
+BREAKDOWN_HEADERS = ["phase", "fp32_s", "fp32_share", "bf16_s", "bf16_share"]
+PHASES = (
+    "features + augment",
+    "student forward",
+    "teacher forward",
+    "predictor + loss",
+    "backward",
+    "optimizer + EMA",
+)
+MAX_GRAD_NORM = 10.0
+
+
+def parse_args(argv=None):
+    """Command-line options.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    argparse.Namespace
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default=None, help="default: cuda if any")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--model",
+        choices=("paper", "tiny"),
+        default="paper",
+        help="S3L size (BEST-RQ is scaled to match)",
+    )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=("fp32", "bf16"),
+        default=["fp32", "bf16"],
+    )
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--ablations", action="store_true")
+    parser.add_argument("--no-bestrq", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--brq-layers", type=int, default=3)
+    parser.add_argument("--brq-ffn", type=int, default=1536)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny models, 2 x 1.5 s, 1 repeat: to test the script",
+    )
+    args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.tiny:
+        args.model = "tiny"
+        args.batch, args.seconds, args.repeats = 2, 1.5, 1
+    return args
+
+
+# ---------------------------------------------------------------- S3L ----
+
+
+class AutogradTeacher(EMATeacher):
+    """The teacher of ``s3l-all-off``: a plain forward with autograd on.
+
+    Its parameters require gradients (a naive copy of the student), it
+    runs outside ``no_grad``, projects every output frame and the result
+    is detached after the crop. Still eval mode and still an EMA: only the
+    wasted work differs.
+    """
+
+    def __init__(self, encoder, **kwargs):
+        super().__init__(encoder, **kwargs)
+        self.encoder.requires_grad_(True)
+
+    def encode_projected(self, feats, feat_lens, left=0, num_frames=None):
+        """Projected frames of a graph-building forward, detached after."""
+        encoded = self.encoder.encode(feats, feat_lens)
+        targets = self.encoder.proj(encoded.out)
+        frames = torch.arange(targets.shape[1], device=targets.device)
+        padding = frames >= encoded.lengths.unsqueeze(1)
+        targets = targets.masked_fill(padding.unsqueeze(-1), 0.0)
+        stop = targets.shape[1] if num_frames is None else left + num_frames
+        return targets[:, left:stop].detach(), encoded.lengths
+
+
+class InferenceModeTeacher(EMATeacher):
+    """A teacher under ``torch.inference_mode``, its targets cloned.
+
+    Inference tensors cannot be saved for the student's backward, hence
+    the clone; measured against ``no_grad`` (what ``EMATeacher`` uses).
+    """
+
+    def encode_projected(self, feats, feat_lens, left=0, num_frames=None):
+        """``EMATeacher.encode_projected`` under inference mode, cloned."""
+        with torch.inference_mode():
+            targets, lengths = super().encode_projected(
+                feats, feat_lens, left, num_frames
+            )
+        return targets.clone(), lengths.clone()
+
+
+class S3LStep:
+    """One S3L pretraining step, as the recipe runs it.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        Options.
+    attention : str
+        Attention backend.
+    teacher : str
+        ``"no_grad"`` (``EMATeacher``), ``"autograd"`` (``AutogradTeacher``)
+        or ``"inference_mode"`` (``InferenceModeTeacher``).
+    compile_model : bool
+        ``compile_s3l`` the student and teacher.
+    fused_adamw : bool
+        ``AdamW(fused=True)`` instead of the recipe's default (foreach).
+    """
+
+    def __init__(
+        self,
+        args,
+        attention="auto",
+        teacher="no_grad",
+        compile_model=False,
+        fused_adamw=False,
+    ):
+        self.device = torch.device(args.device)
+        torch.manual_seed(args.seed)
+        if args.model == "tiny":
+            config = S3LEncoder.tiny_config()
+            predictor = Predictor(config["proj_dim"], (16, 16, 16))
+        else:
+            config = {}
+            predictor = Predictor()
+        encoder = S3LEncoder(**config, attention_backend=attention)
+        self.student = S3LStudent(encoder, predictor).to(self.device).train()
+        teacher_class = {
+            "no_grad": EMATeacher,
+            "autograd": AutogradTeacher,
+            "inference_mode": InferenceModeTeacher,
+        }[teacher]
+        self.teacher = teacher_class(encoder, total_steps=12500)
+        self.teacher.to(self.device)
+        if compile_model:
+            compile_s3l(self.student, self.teacher)
+        self.features = self.teacher.encoder.features
+        self.noise = NoiseAugment(prob=0.5).to(self.device).train()
+        self.spec_augment = SpecAugment().train()
+        self.random_shift = RandomShift()
+        self.loss_fn = ContrastiveLoss()
+        self.optimizer = torch.optim.AdamW(
+            self.student.parameters(),
+            lr=3e-4,
+            betas=(0.9, 0.98),
+            weight_decay=0.01,
+            fused=True if fused_adamw else None,
+        )
+        self.params = count_parameters(self.student)
+
+    def __call__(self, wavs, wav_lens, precision):
+        """One full step: forward, loss, backward, optimizer, EMA."""
+        with autocast(self.device, precision):
+            outputs = s3l_forward(
+                self.student,
+                self.teacher,
+                self.features,
+                wavs,
+                wav_lens,
+                noise_augment=self.noise,
+                spec_augment=self.spec_augment,
+                random_shift=self.random_shift,
+            )
+            loss, _ = self.loss_fn(
+                outputs.predictions, outputs.targets, outputs.lengths
+            )
+        loss.backward()
+        self._optimizer_step()
+        return loss
+
+    def _optimizer_step(self):
+        nn.utils.clip_grad_norm_(self.student.parameters(), MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.teacher.update(self.student)
+
+    def phased(self, wavs, wav_lens, precision, timer):
+        """The same step split into the phases of the breakdown.
+
+        The same functions as ``s3l_forward`` (``s3l_inputs``,
+        ``S3LStudent.encode``, ``s3l_targets``, ``S3LStudent.predict``);
+        the predictor runs after the teacher here, which changes no result.
+        """
+        with autocast(self.device, precision):
+            with timer.phase("features + augment"):
+                inputs = s3l_inputs(
+                    self.features,
+                    wavs,
+                    wav_lens,
+                    self.noise,
+                    self.spec_augment,
+                )
+            with timer.phase("student forward"):
+                projected, lengths = self.student.encode(
+                    inputs.student_feats, inputs.feat_lens
+                )
+            with timer.phase("teacher forward"):
+                targets = s3l_targets(
+                    self.teacher,
+                    inputs.clean_feats,
+                    inputs.feat_lens,
+                    projected.shape[1],
+                    self.random_shift,
+                )
+            with timer.phase("predictor + loss"):
+                predictions = self.student.predict(projected, lengths)
+                loss, _ = self.loss_fn(predictions, targets, lengths)
+        with timer.phase("backward"):
+            loss.backward()
+        with timer.phase("optimizer + EMA"):
+            self._optimizer_step()
+
+
+# ------------------------------------------------------------ BEST-RQ ----
+
+
+class BestRQStep:
+    """SpeechBrain's BEST-RQ pretraining step (its LibriSpeech recipe).
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        Options.
+    """
+
+    def __init__(self, args):
+        self.device = torch.device(args.device)
+        torch.manual_seed(args.seed)
+        tiny = args.model == "tiny"
+        self.n_mels = 80
+        self.divisible_by = 4
+        d_model = 32 if tiny else 576
+        vocab = 64 if tiny else 8192
+        self.fbank = Fbank(sample_rate=16000, n_fft=400, n_mels=self.n_mels)
+        self.normalize = InputNormalization(norm_type="sentence")
+        self.cnn = ConvolutionFrontEnd(
+            input_shape=(8, 10, self.n_mels),
+            num_blocks=2,
+            num_layers_per_block=1,
+            out_channels=(128, 32),
+            kernel_sizes=(3, 3),
+            strides=(2, 2),
+            residuals=(False, False),
+        )
+        transformer = TransformerASR(
+            input_size=640,
+            tgt_vocab=2048,
+            d_model=d_model,
+            nhead=4 if tiny else 8,
+            num_encoder_layers=1 if tiny else args.brq_layers,
+            num_decoder_layers=0,
+            d_ffn=64 if tiny else args.brq_ffn,
+            dropout=0.1,
+            activation=nn.GELU,
+            conformer_activation=nn.GELU,
+            encoder_module="conformer",
+            attention_type="RelPosMHAXL",
+            normalize_before=True,
+            causal=False,
+        )
+        self.wrapper = EncoderWrapper(transformer)
+        self.quantizer = RandomProjectionQuantizer(
+            self.n_mels * self.divisible_by, 16, vocab
+        )
+        self.linear = Linear(input_size=d_model, n_neurons=vocab)
+        self.modules = nn.ModuleDict(
+            {
+                "CNN": self.cnn,
+                "wrapper": self.wrapper,
+                "Quantizer": self.quantizer,
+                "normalize": self.normalize,
+                "linear": self.linear,
+            }
+        ).to(self.device)
+        self.modules.train()
+        self.optimizer = torch.optim.AdamW(
+            self.modules.parameters(),
+            lr=8e-4,
+            betas=(0.9, 0.98),
+            eps=1e-9,
+            weight_decay=0.01,
+        )
+        self.params = count_parameters(self.modules)
+        self.mask = None
+
+    def make_mask(self, wavs, wav_lens):
+        """The collate function's mask (built in data workers: untimed)."""
+        samples = torch.round(wav_lens * wavs.shape[1]).long().cpu()
+        frames = (samples // 160 + 1).tolist()
+        batch_frames = max(frames)
+        self.mask = compute_mask(
+            (wavs.shape[0], batch_frames, self.n_mels), frames, 0.15, 4
+        ).to(self.device)
+
+    def __call__(self, wavs, wav_lens, precision):
+        """One full step, as ``BestRQBrain.compute_forward`` + ``fit_batch``."""
+        if self.mask is None:
+            self.make_mask(wavs, wav_lens)
+        mask = self.mask
+        with autocast(self.device, precision):
+            feats = self.fbank(wavs)
+            feats = self.normalize(feats, wav_lens, epoch=0)
+            feats = _pad_feats(feats, self.divisible_by)
+            mask_idx = mask[::4] // 4
+            batch, frames, channels = feats.shape
+            targets = self.quantizer(
+                feats.view(batch, frames // self.divisible_by, -1)[
+                    :, mask_idx, :
+                ]
+            )
+            noise = torch.normal(
+                mean=0.0,
+                std=0.1,
+                size=(batch, mask.shape[0], channels),
+                device=self.device,
+            )
+            feats[:, mask, :] = noise
+            src = self.cnn(feats)
+            enc_out = self.wrapper(src, wav_lens)
+            logits = self.linear(enc_out)[:, mask_idx, :]
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+            )
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.modules.parameters(), MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+def _pad_feats(feats, divisible_by):
+    """Right-pads the time axis to a multiple (the recipe's ``pad_feats``)."""
+    missing = (divisible_by - feats.shape[1] % divisible_by) % divisible_by
+    return F.pad(feats, (0, 0, 0, missing))
+
+
+# ---------------------------------------------------------------- run ----
+
+
+def build_variants(args):
+    """The variants to run: name -> (step, precisions).
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        Options.
+
+    Returns
+    -------
+    dict
+    """
+    both = tuple(args.precision)
+    variants = {"s3l": (S3LStep(args), both)}
+    if args.compile:
+        variants["s3l-compiled"] = (S3LStep(args, compile_model=True), both)
+    variants["s3l-all-off"] = (
+        S3LStep(args, attention="math", teacher="autograd"),
+        ("fp32",),
+    )
+    if args.ablations:
+        variants["s3l-math"] = (S3LStep(args, attention="math"), both)
+        variants["s3l-teacher-autograd"] = (
+            S3LStep(args, teacher="autograd"),
+            both,
+        )
+        variants["s3l-teacher-inference-mode"] = (
+            S3LStep(args, teacher="inference_mode"),
+            both,
+        )
+        variants["s3l-fused-adamw"] = (S3LStep(args, fused_adamw=True), both)
+    if not args.no_bestrq:
+        variants["bestrq"] = (BestRQStep(args), both)
+    return variants
+
+
+def make_batch(args):
+    """Random waveforms of the benchmark's utterances.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        Options.
+
+    Returns
+    -------
+    wavs : torch.Tensor
+        (B, S) on the device.
+    wav_lens : torch.Tensor
+        (B,) relative lengths (all 1).
+    """
+    generator = torch.Generator().manual_seed(args.seed)
+    samples = int(args.seconds * 16000)
+    wavs = 0.1 * torch.randn(args.batch, samples, generator=generator)
+    wav_lens = torch.ones(args.batch)
+    return wavs.to(args.device), wav_lens.to(args.device)
+
+
+def run(args):
+    """Runs every variant, prints and returns the tables.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        Options.
+
+    Returns
+    -------
+    rows : list of list
+        Main table.
+    breakdown : list of list
+        S3L phase table (empty with ``--no-breakdown``).
+    speedups : dict
+        Ratios of step times (the issue's targets).
+    """
+    device = torch.device(args.device)
+    wavs, wav_lens = make_batch(args)
+    audio_seconds = args.batch * args.seconds
+    variants = build_variants(args)
+    runs = [
+        (name, precision)
+        for name, (_, precisions) in variants.items()
+        for precision in precisions
+    ]
+
+    def call(name, precision):
+        return lambda: variants[name][0](wavs, wav_lens, precision)
+
+    for _ in range(args.warmup):
+        for name, precision in runs:
+            call(name, precision)()
+    times = {key: [] for key in runs}
+    for _ in range(args.repeats):
+        for key in runs:
+            times[key].append(time_call(call(*key), device))
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    memory = {}
+    if not args.no_memory:
+        for key in runs:
+            if key[0] == "s3l-compiled" and device.type != "cuda":
+                # The CPU tracker is a dispatch mode: under it dynamo would
+                # recompile, and compiled kernels' buffers are invisible.
+                continue
+            memory[key] = measure_peak_memory(call(*key), device)
+
+    rows = []
+    for name, (step, _) in variants.items():
+        row = [name, fmt(step.params / 1e6)]
+        for precision in ("fp32", "bf16"):
+            seconds = medians.get((name, precision))
+            row += [
+                fmt(None if seconds is None else audio_seconds / seconds),
+                fmt(seconds, 3),
+                fmt(memory.get((name, precision)), 0),
+            ]
+        rows.append(row)
+
+    speedups = {}
+    s3l_bf16 = medians.get(("s3l", "bf16"))
+    for name, precision in (("bestrq", "bf16"), ("s3l-all-off", "fp32")):
+        other = medians.get((name, precision))
+        if s3l_bf16 is not None and other is not None:
+            speedups[f"s3l bf16 vs {name} {precision}"] = other / s3l_bf16
+    if args.compile:
+        for precision in args.precision:
+            eager = medians.get(("s3l", precision))
+            compiled = medians.get(("s3l-compiled", precision))
+            speedups[f"s3l-compiled vs s3l {precision}"] = eager / compiled
+
+    breakdown = []
+    if not args.no_breakdown:
+        breakdown = run_breakdown(args, variants["s3l"][0], wavs, wav_lens)
+    return rows, breakdown, speedups, times
+
+
+def run_breakdown(args, step, wavs, wav_lens):
+    """Median time of each phase of the S3L step, per precision.
+
+    Arguments
+    ---------
+    args : argparse.Namespace
+        Options.
+    step : S3LStep
+        The S3L step (already warmed up).
+    wavs, wav_lens : torch.Tensor
+        The batch.
+
+    Returns
+    -------
+    list of list
+        One row per phase, then the total.
+    """
+    phase_times = {p: {phase: [] for phase in PHASES} for p in args.precision}
+    for precision in args.precision:  # warm-up of this code path
+        step.phased(wavs, wav_lens, precision, PhaseTimer(args.device))
+    for _ in range(args.repeats):
+        for precision in args.precision:
+            timer = PhaseTimer(args.device)
+            step.phased(wavs, wav_lens, precision, timer)
+            for phase in PHASES:
+                phase_times[precision][phase].append(timer.times[phase])
+    medians = {
+        p: {ph: statistics.median(v) for ph, v in d.items()}
+        for p, d in phase_times.items()
+    }
+    totals = {p: sum(m.values()) for p, m in medians.items()}
+    rows = []
+    for phase in PHASES + ("total (sum of medians)",):
+        row = [phase]
+        for precision in ("fp32", "bf16"):
+            if precision not in medians:
+                row += ["n/a", "n/a"]
+                continue
+            if phase in medians[precision]:
+                seconds = medians[precision][phase]
+            else:
+                seconds = totals[precision]
+            row += [
+                fmt(seconds, 3),
+                f"{100 * seconds / totals[precision]:.0f}%",
+            ]
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    """Entry point: parses ``argv``, runs, prints the tables.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        Arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    tuple
+        ``(rows, breakdown, speedups)``.
+    """
+    args = parse_args(argv)
+    print(
+        f"# One pretraining step on {args.batch} x {args.seconds:g} s of "
+        f"random audio ({args.model} S3L; BEST-RQ scaled to match), "
+        f"median of {args.repeats} interleaved steps after {args.warmup} "
+        "warm-up"
+    )
+    print(f"# device: {describe_device(args.device)}")
+    print(f"# memory: {memory_method(args.device)}")
+    rows, breakdown, speedups, times = run(args)
+    print(format_table(HEADERS, rows))
+    for name, ratio in speedups.items():
+        print(f"speedup {name}: {ratio:.2f}x (step time ratio)")
+    if breakdown:
+        print("\n# S3L step breakdown (median per phase; separate runs)")
+        print(format_table(BREAKDOWN_HEADERS, breakdown))
+    print("\n# every timed step (s):")
+    for (name, precision), values in times.items():
+        print(
+            f"#   {name} {precision}: " + " ".join(f"{v:.3f}" for v in values)
+        )
+    sys.stdout.flush()
+    return rows, breakdown, speedups
+
+
+if __name__ == "__main__":
+    main()

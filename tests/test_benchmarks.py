@@ -1,0 +1,398 @@
+"""The benchmark scripts run on tiny sizes and print every column.
+
+Also checks the benchmarks' measuring tools (memory tracker, synthetic
+durations, padding statistics), that the variants they compare compute
+the same thing, and that the compiled encoder gives the eager outputs.
+No assertion is about time.
+"""
+
+import copy
+import importlib
+import os
+import sys
+import traceback
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+sys.path.insert(0, os.path.abspath(BENCHMARKS))
+
+
+def _script(name):
+    return importlib.import_module(name)
+
+
+def _table(output, headers):
+    """Header cells and the data rows (split on spaces) of a printed table."""
+    lines = output.splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if line.split() == list(headers)
+    )
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.strip() or line.startswith(("#", "speedup")):
+            break
+        rows.append(line.split())
+    return rows
+
+
+def test_attention_benchmark_prints_every_variant_and_column(capsys):
+    attention = _script("attention")
+    rows = attention.main(["--tiny", "--durations", "1", "2"])
+    out = capsys.readouterr().out
+    printed = _table(out, attention.HEADERS)
+    variants = ["s3l-math", "s3l-sdpa"] + [
+        f"sb-{name}" for name in attention.SB_ATTENTION
+    ]
+    assert len(printed) == len(rows) == 2 * len(variants)
+    assert [row[2] for row in printed] == variants * 2
+    for row in printed:
+        assert len(row) == len(attention.HEADERS)
+        assert "n/a" not in row  # time and memory of every variant
+    assert {row[1] for row in printed} == {"12", "25"}  # frames at 80 ms
+    math_rows = [row for row in printed if row[2] == "s3l-math"]
+    assert all(row[5] == "1.00" and row[7] == "1.00" for row in math_rows)
+    assert "2-core" in out or "CPU" in out or "GPU" in out
+
+
+def test_attention_variants_compute_the_same_stack(capsys):
+    """s3l-math and s3l-sdpa are the same model with another kernel."""
+    attention = _script("attention")
+    args = attention.parse_args(["--tiny", "--dropout", "0"])
+    variants = attention.build_variants(args, max_len=20)
+    x = torch.randn(2, 20, args.d_model)
+    lengths = torch.tensor([20, 11])
+    reference = variants["s3l-math"](x, lengths)
+    torch.testing.assert_close(
+        variants["s3l-sdpa"](x, lengths), reference, atol=1e-5, rtol=1e-5
+    )
+    for name in ("sb-RelPosMHAXL", "sb-regularMHA", "sb-RoPEMHA"):
+        assert variants[name](x, lengths).shape == reference.shape
+
+
+def test_batching_benchmark_prints_both_samplers(capsys):
+    batching = _script("batching")
+    rows = batching.main(["--tiny"])
+    out = capsys.readouterr().out
+    printed = _table(out, batching.HEADERS)
+    assert [row[0] for row in printed] == [
+        "dynamic",
+        "dynamic-quantiles",
+        "fixed",
+    ]
+    assert all(len(row) == len(batching.HEADERS) for row in printed)
+    stats = _table(out, batching.STATS_HEADERS)
+    assert [row[0] for row in stats][:3] == ["utterances", "hours", "mean_s"]
+    # Dynamic batching pads less than shuffled fixed-size batches.
+    padded = [float(row[4]) for row in rows]
+    assert padded[0] < padded[2] and padded[1] < padded[2]
+    assert all(float(row[-1]) > 0 for row in rows)
+
+
+def test_synthetic_durations_match_train_clean_100():
+    batching = _script("batching")
+    durations = batching.librispeech_100_durations(28539)
+    assert abs(durations.sum() / 3600 - 100.6) < 2.0
+    assert abs(durations.mean() - 12.7) < 0.3
+    assert durations.min() >= 1.3 and durations.max() <= 24.5
+    assert ((durations >= 10) & (durations <= 17)).mean() > 0.5
+    centred = durations - durations.mean()
+    assert (centred**3).mean() < 0  # left-skewed
+
+
+def test_padding_stats_and_fixed_batches():
+    batching = _script("batching")
+    durations = np.array([1.0, 2.0, 4.0, 4.0])
+    stats = batching.padding_stats([[0, 1], [2, 3]], durations)
+    # Batch 1: 2 x 2 s with 1 s of padding; batch 2: no padding.
+    assert stats["padded_fraction"] == pytest.approx(1 / 12)
+    assert stats["utts_per_batch"] == 2.0
+    batches = batching.fixed_batches(10, 3, seed=1)
+    assert sorted(i for batch in batches for i in batch) == list(range(10))
+
+
+def test_train_step_benchmark_prints_every_variant_and_phase(capsys):
+    train_step = _script("train_step")
+    rows, breakdown, speedups = train_step.main(["--tiny", "--ablations"])
+    out = capsys.readouterr().out
+    printed = _table(out, train_step.HEADERS)
+    assert [row[0] for row in printed] == [
+        "s3l",
+        "s3l-all-off",
+        "s3l-math",
+        "s3l-teacher-autograd",
+        "s3l-teacher-inference-mode",
+        "s3l-fused-adamw",
+        "bestrq",
+    ]
+    assert all(len(row) == len(train_step.HEADERS) for row in printed)
+    by_name = {row[0]: row for row in printed}
+    assert "n/a" not in by_name["s3l"] and "n/a" not in by_name["bestrq"]
+    # The all-off variant is fp32 only.
+    assert by_name["s3l-all-off"][5:] == ["n/a"] * 3
+    phases = _table(out, train_step.BREAKDOWN_HEADERS)
+    assert [row[0] for row in phases][:2] == ["features", "student"]
+    assert len(phases) == len(train_step.PHASES) + 1 == len(breakdown)
+    assert set(speedups) == {
+        "s3l bf16 vs bestrq bf16",
+        "s3l bf16 vs s3l-all-off fp32",
+    }
+    assert "speedup s3l bf16 vs bestrq bf16" in out
+
+
+def _eval_step_loss(step, wavs, wav_lens, phased):
+    train_step = _script("train_step")
+    step.student.eval()
+    step.noise.eval()
+    step.spec_augment.eval()
+    torch.manual_seed(3)
+    if phased:
+        # Same functions as s3l_forward, with the phase timers around them.
+        losses = []
+        original = step.loss_fn.forward
+
+        def record(*args, **kwargs):
+            loss = original(*args, **kwargs)
+            losses.append(loss[0].detach())
+            return loss
+
+        step.loss_fn.forward = record
+        step.phased(wavs, wav_lens, "fp32", train_step.PhaseTimer("cpu"))
+        return losses[0]
+    return step(wavs, wav_lens, "fp32").detach()
+
+
+def test_phased_step_and_teacher_variants_compute_the_same_loss():
+    train_step = _script("train_step")
+    args = train_step.parse_args(["--tiny"])
+    wavs, wav_lens = train_step.make_batch(args)
+    wav_lens = torch.tensor([1.0, 0.7])
+    losses = []
+    for phased, teacher in (
+        (False, "no_grad"),
+        (True, "no_grad"),
+        (False, "autograd"),
+        (False, "inference_mode"),
+    ):
+        step = train_step.S3LStep(args, teacher=teacher)
+        losses.append(_eval_step_loss(step, wavs, wav_lens, phased))
+    for loss in losses[1:]:
+        torch.testing.assert_close(loss, losses[0])
+
+
+def test_autograd_teacher_builds_a_graph_but_gives_detached_targets():
+    train_step = _script("train_step")
+    from s3l_plugin.encoder import S3LEncoder
+    from s3l_plugin.teacher import EMATeacher
+
+    encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    naive = train_step.AutogradTeacher(encoder)
+    plain = EMATeacher(encoder)
+    feats = torch.randn(2, 200, 16)
+    lengths = torch.tensor([200, 150])
+    ours, _ = naive.encode_projected(feats, lengths, left=2, num_frames=18)
+    theirs, _ = plain.encode_projected(feats, lengths, left=2, num_frames=18)
+    assert all(p.requires_grad for p in naive.encoder.parameters())
+    assert not ours.requires_grad
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_memory_tracker_counts_forward_backward_and_frees():
+    from benchutils import TensorMemoryTracker, measure_peak_memory
+
+    weight = torch.randn(256, 256, requires_grad=True)
+    inputs = torch.randn(64, 256)
+    with TensorMemoryTracker() as tracker:
+        hidden = (inputs @ weight).relu()  # 64 KiB kept for backward
+        hidden.sum().backward()  # + 256 KiB of weight gradient
+        del hidden
+    assert tracker.peak >= (64 + 256) * 1024
+    assert tracker.live == 256 * 1024  # only the gradient is left
+    weight.grad = None
+    # In-place ops and views are not new memory.
+    before = torch.zeros(1024)
+    assert measure_peak_memory(lambda: before.add_(1).view(2, -1), "cpu") == 0
+
+
+def test_s3l_targets_crop_before_projection_matches_crop_after():
+    """Projecting only the kept frames changes no target."""
+    from s3l_plugin.augment import RandomShift
+    from s3l_plugin.encoder import S3LEncoder
+    from s3l_plugin.pretraining import s3l_targets
+    from s3l_plugin.teacher import EMATeacher
+
+    torch.manual_seed(0)
+    teacher = EMATeacher(S3LEncoder(**S3LEncoder.tiny_config()))
+    feats = torch.randn(3, 240, 16)
+    lengths = torch.tensor([240, 200, 100])
+    num_frames = int(teacher.encoder.output_lengths(torch.tensor([240])))
+    shift = RandomShift()
+    torch.manual_seed(1)
+    left, right = shift.draw()
+    torch.manual_seed(1)
+    targets = s3l_targets(teacher, feats, lengths, num_frames, shift)
+    padded, padded_lengths, _, _ = shift.pad(feats, lengths, left, right)
+    full, _ = teacher.encode_projected(padded, padded_lengths)
+    expected = shift.crop(full, left, right)
+    assert targets.shape == expected.shape == (3, num_frames, 16)
+    torch.testing.assert_close(targets, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_teacher_momentum_reads_the_step_without_the_device_each_time(
+    monkeypatch,
+):
+    from s3l_plugin.teacher import EMATeacher
+
+    student = torch.nn.Linear(2, 2)
+    teacher = EMATeacher(student, total_steps=10)
+    assert teacher.update(student) == 0.0
+    reads = []
+    original = torch.Tensor.__int__
+
+    def counting_int(tensor):
+        reads.append(1)
+        return original(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "__int__", counting_int)
+    momenta = [teacher.update(student) for _ in range(3)]
+    assert reads == []  # the host copy followed every increment
+    monkeypatch.undo()
+    assert momenta == [teacher.momentum(s) for s in (1, 2, 3)]
+    # A state-dict load (an in-place copy) is seen.
+    state = copy.deepcopy(teacher.state_dict())
+    state["step"].fill_(7)
+    teacher.load_state_dict(state)
+    assert teacher.momentum() == teacher.momentum(7)
+    teacher.step.fill_(2)
+    assert teacher.momentum() == teacher.momentum(2)
+
+
+def _compiled_matches_eager(backend):
+    from s3l_plugin.encoder import S3LEncoder
+
+    torch.manual_seed(0)
+    eager = S3LEncoder(
+        **S3LEncoder.tiny_config(),
+        attention_backend="sdpa",
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
+    compiled = copy.deepcopy(eager).compile_layers(backend=backend)
+    feats = torch.randn(3, 300, 16)
+    lengths = torch.tensor([300, 250, 120])
+    # Two batch shapes: dynamic=True serves both.
+    for frames in (300, 260):
+        inputs = feats[:, :frames]
+        lens = lengths.clamp(max=frames)
+        ours = compiled.encode(inputs, lens).out
+        theirs = eager.encode(inputs, lens).out
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+        ours.square().sum().backward()
+        theirs.square().sum().backward()
+        for mine, ref in zip(compiled.parameters(), eager.parameters()):
+            if ref.grad is not None:
+                torch.testing.assert_close(
+                    mine.grad, ref.grad, atol=1e-3, rtol=1e-3
+                )
+        compiled.zero_grad()
+        eager.zero_grad()
+    with torch.no_grad():  # the teacher's use
+        torch.testing.assert_close(
+            compiled.encode(feats, lengths).out,
+            eager.encode(feats, lengths).out,
+            atol=1e-4,
+            rtol=1e-4,
+        )
+
+
+def test_compiled_encoder_matches_eager_aot_eager():
+    """Graph capture and AOT autograd with dynamic shapes (seconds)."""
+    _compiled_matches_eager("aot_eager")
+
+
+@pytest.mark.skipif(
+    os.environ.get("S3L_TEST_INDUCTOR") != "1",
+    reason="inductor codegen of the tiny encoder takes ~2 min on a 2-core "
+    "CPU; set S3L_TEST_INDUCTOR=1 to run it",
+)
+def test_compiled_encoder_matches_eager_inductor():
+    _compiled_matches_eager("inductor")
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the operators that make the host wait for the device.
+
+    ``_local_scalar_dense`` is behind ``.item()``, ``int()``, ``float()``
+    and ``bool()`` of a tensor; the others have data-dependent output
+    shapes. On CUDA each is a host-device synchronisation.
+    """
+
+    SYNCING = {
+        "_local_scalar_dense",
+        "nonzero",
+        "masked_select",
+        "_unique2",
+        "unique_dim",
+        "unique_consecutive",
+        "repeat_interleave",
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.sites = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.SYNCING:
+            frames = [
+                f"{os.path.basename(f.filename)}:{f.name}"
+                for f in traceback.extract_stack()
+                if "s3l_plugin" in f.filename
+            ]
+            self.sites.append(frames[-1] if frames else "outside s3l_plugin")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_s3l_step_reads_the_device_only_for_the_length_checks(backend):
+    """No host-device sync in the step but the encoder's length check.
+
+    Forward (features, noise, SpecAugment, student, shift, teacher), loss,
+    backward and the EMA update; the optimizer is left out (AdamW keeps
+    its step counters on the CPU). The two remaining reads are the
+    student's and the teacher's ``S3LEncoder._check_lengths``, kept for
+    their error message.
+    """
+    from s3l_plugin.augment import NoiseAugment, RandomShift, SpecAugment
+    from s3l_plugin.encoder import S3LEncoder
+    from s3l_plugin.loss import ContrastiveLoss
+    from s3l_plugin.predictor import Predictor
+    from s3l_plugin.pretraining import S3LStudent, s3l_forward
+    from s3l_plugin.teacher import EMATeacher
+
+    torch.manual_seed(0)
+    encoder = S3LEncoder(**S3LEncoder.tiny_config(), attention_backend=backend)
+    student = S3LStudent(encoder, Predictor(16, (16, 16), (5, 1))).train()
+    teacher = EMATeacher(encoder, total_steps=10)
+    teacher.update(student)  # step 0 (the copy) done
+    teacher.momentum()
+    wavs, wav_lens = torch.randn(3, 16000), torch.tensor([1.0, 0.8, 0.5])
+    with _HostReads() as reads:
+        outputs = s3l_forward(
+            student,
+            teacher,
+            encoder.features,
+            wavs,
+            wav_lens,
+            NoiseAugment(prob=1.0).train(),
+            SpecAugment().train(),
+            RandomShift(),
+        )
+        loss, _ = ContrastiveLoss(num_negatives=10)(
+            outputs.predictions, outputs.targets, outputs.lengths
+        )
+        loss.backward()
+        teacher.update(student)
+    assert reads.sites == ["encoder.py:_check_lengths"] * 2
