@@ -40,9 +40,6 @@ timeout 180 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py \
 timeout 120 $PY benchmarks/attention.py --device cuda --repeats 5 2>&1 \
     | tee "$OUT/attention.txt"
 
-for backend in flash_attn sdpa math; do
-    timeout 100 $PY benchmarks/train_step.py --device cuda --model paper \
-        --batch 72 --seconds 15 --precision bf16 --repeats 3 \
-        --attention "$backend" --no-bestrq --no-breakdown --project 2>&1 \
-        | tee "$OUT/step_$backend.txt"
-done
+timeout 240 $PY benchmarks/train_step.py --device cuda --model paper \
+    --batch 72 --seconds 15 --precision bf16 --repeats 3 \
+    --backends flash_attn sdpa math --project 2>&1 | tee "$OUT/train_step.txt"

@@ -154,6 +154,19 @@ def parse_args(argv=None):
         default=["fp32", "bf16"],
     )
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=[],
+        choices=("flash_attn", "sdpa", "math"),
+        help="also time S3L with each of these attention backends",
+    )
+    parser.add_argument(
+        "--project",
+        action="store_true",
+        help="print each variant's time for the paper's 12,500 x 4 "
+        "micro-batches of 1080 s",
+    )
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--no-bestrq", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
@@ -482,6 +495,8 @@ def build_variants(args):
     variants = {"s3l": (S3LStep(args), both)}
     if args.compile:
         variants["s3l-compiled"] = (S3LStep(args, compile_model=True), both)
+    for backend in args.backends:
+        variants[f"s3l-{backend}"] = (S3LStep(args, attention=backend), both)
     variants["s3l-all-off"] = (
         S3LStep(args, attention="math", teacher="autograd"),
         ("fp32",),
@@ -677,6 +692,12 @@ def main(argv=None):
     print(format_table(HEADERS, rows))
     for name, ratio in speedups.items():
         print(f"speedup {name}: {ratio:.2f}x (step time ratio)")
+    if args.project:
+        # 12,500 optimizer steps x 4 micro-batches of 1080 s padded audio.
+        scale = 12500 * 4 * 1080 / (args.batch * args.seconds)
+        for (name, precision), values in times.items():
+            hours = statistics.median(values) * scale / 3600
+            print(f"projected pretraining {name} {precision}: {hours:.1f} h")
     if breakdown:
         print("\n# S3L step breakdown (median per phase; separate runs)")
         print(format_table(BREAKDOWN_HEADERS, breakdown))
