@@ -8,6 +8,8 @@ dropout 0.1 by default):
   (convolutional positional embedding, LayerNorm, 2 ``TransformerLayer``)
   with each attention backend (``flash_attn`` only where a CUDA kernel
   runs);
+- ``s3l-<backend>-layers``: the same stack's 2 layers alone, without the
+  positional convolution in front;
 - ``sb-RelPosMHAXL``, ``sb-regularMHA``, ``sb-RoPEMHA``: SpeechBrain's
   ``TransformerEncoder`` of the same size with each attention type
   (``RelPosEncXL`` relative positions for RelPosMHAXL, the absolute sine
@@ -17,9 +19,8 @@ dropout 0.1 by default):
 
 The positional modules are inside the timed region of every variant. Our
 stack's positional convolution (kernel 128, 2.1 M parameters) is a part of
-the S3L architecture that SpeechBrain's stacks do not have, so the
-``params`` column differs; the attention itself is the only other
-difference.
+the S3L architecture that SpeechBrain's stacks do not have; the
+``-layers`` rows leave it out and compare layer with layer.
 
 Utterances of 10, 30 and 60 s become 125, 375 and 750 frames at the 80 ms
 rate of the encoder's second transformer stack (``--frame-ms 80``, the
@@ -163,10 +164,15 @@ class S3LVariant(nn.Module):
         Attention backend.
     args : argparse.Namespace
         Sizes.
+    layers_only : bool
+        Run only the transformer layers (padding masked as in the stack),
+        not the positional convolution, LayerNorm and dropout before them:
+        the part comparable to SpeechBrain's layers.
     """
 
-    def __init__(self, backend, args):
+    def __init__(self, backend, args, layers_only=False):
         super().__init__()
+        self.layers_only = layers_only
         tiny = args.tiny
         self.stack = TransformerStack(
             args.layers,
@@ -182,7 +188,13 @@ class S3LVariant(nn.Module):
 
     def forward(self, x, lengths):
         """Encodes a padded batch; (B, T, d) -> (B, T, d)."""
-        return self.stack(x, lengths)[0]
+        if not self.layers_only:
+            return self.stack(x, lengths)[0]
+        key_padding_mask = make_padding_mask(lengths, x.shape[1])
+        frame_padding = key_padding_mask.unsqueeze(-1)
+        for layer in self.stack.layers:
+            x = layer(x, key_padding_mask).masked_fill(frame_padding, 0.0)
+        return x
 
 
 class SpeechBrainVariant(nn.Module):
@@ -253,6 +265,11 @@ def build_variants(args, max_len):
     for backend in backends:
         torch.manual_seed(args.seed)
         variants[f"s3l-{backend}"] = S3LVariant(backend, args)
+    for backend in backends:
+        torch.manual_seed(args.seed)
+        variants[f"s3l-{backend}-layers"] = S3LVariant(
+            backend, args, layers_only=True
+        )
     for attention_type in SB_ATTENTION:
         torch.manual_seed(args.seed)
         variants[f"sb-{attention_type}"] = SpeechBrainVariant(
@@ -319,7 +336,12 @@ def run(args):
     max_frames = max(frames_of(d, args.frame_ms) for d in args.durations)
     variants = build_variants(args, max_frames)
     params = {
-        name: count_parameters(module) / 1e6
+        name: count_parameters(
+            module.stack.layers
+            if getattr(module, "layers_only", False)
+            else module
+        )
+        / 1e6
         for name, module in variants.items()
     }
     rows = []

@@ -44,9 +44,12 @@ def test_attention_benchmark_prints_every_variant_and_column(capsys):
     rows = attention.main(["--tiny", "--durations", "1", "2"])
     out = capsys.readouterr().out
     printed = _table(out, attention.HEADERS)
-    variants = ["s3l-math", "s3l-sdpa"] + [
-        f"sb-{name}" for name in attention.SB_ATTENTION
-    ]
+    variants = [
+        "s3l-math",
+        "s3l-sdpa",
+        "s3l-math-layers",
+        "s3l-sdpa-layers",
+    ] + [f"sb-{name}" for name in attention.SB_ATTENTION]
     assert len(printed) == len(rows) == 2 * len(variants)
     assert [row[2] for row in printed] == variants * 2
     for row in printed:
@@ -68,6 +71,12 @@ def test_attention_variants_compute_the_same_stack(capsys):
     reference = variants["s3l-math"](x, lengths)
     torch.testing.assert_close(
         variants["s3l-sdpa"](x, lengths), reference, atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        variants["s3l-sdpa-layers"](x, lengths),
+        variants["s3l-math-layers"](x, lengths),
+        atol=1e-5,
+        rtol=1e-5,
     )
     for name in ("sb-RelPosMHAXL", "sb-regularMHA", "sb-RoPEMHA"):
         assert variants[name](x, lengths).shape == reference.shape
