@@ -20,7 +20,8 @@ Variants
     encoders' stacks and the predictor); compile time is left out (warm-up).
 ``s3l-all-off``
     S3L with every project optimisation off: ``math`` attention, fp32, no
-    compile, and a teacher run as a plain forward with autograd on (its
+    compile, ``nn.Conv1d`` convolutions (``conv_impl="direct"``: no
+    unfolded matmuls, no FFT positional convolution), and a teacher run as a plain forward with autograd on (its
     parameters require gradients, as in a naive copy of the student) whose
     projected output is detached after (projection over all frames, then
     the crop).
@@ -35,7 +36,7 @@ Variants
     cross-entropy on the masked frames, clipping at 10, AdamW. Scaled to
     S3L's size with 3 conformer layers and FFN 1536 (the recipe has 12 and
     2048, 94 M parameters); both parameter counts are printed.
-``s3l-math``, ``s3l-teacher-autograd`` (``--ablations``)
+``s3l-math``, ``s3l-direct-conv``, ``s3l-teacher-autograd`` (``--ablations``)
     S3L with one optimisation reverted, to measure each on its own.
 ``s3l-teacher-inference-mode``, ``s3l-fused-adamw`` (``--ablations``)
     S3L with a candidate optimisation: the teacher under
@@ -247,6 +248,8 @@ class S3LStep:
         ``compile_s3l`` the student and teacher.
     fused_adamw : bool
         ``AdamW(fused=True)`` instead of the recipe's default (foreach).
+    conv_impl : str
+        ``S3LEncoder``'s ``conv_impl`` (``"direct"``: ``nn.Conv1d``).
     """
 
     def __init__(
@@ -256,6 +259,7 @@ class S3LStep:
         teacher="no_grad",
         compile_model=False,
         fused_adamw=False,
+        conv_impl="auto",
     ):
         self.device = torch.device(args.device)
         torch.manual_seed(args.seed)
@@ -265,7 +269,9 @@ class S3LStep:
         else:
             config = {}
             predictor = Predictor()
-        encoder = S3LEncoder(**config, attention_backend=attention)
+        encoder = S3LEncoder(
+            **config, attention_backend=attention, conv_impl=conv_impl
+        )
         self.student = S3LStudent(encoder, predictor).to(self.device).train()
         teacher_class = {
             "no_grad": EMATeacher,
@@ -498,11 +504,15 @@ def build_variants(args):
     for backend in args.backends:
         variants[f"s3l-{backend}"] = (S3LStep(args, attention=backend), both)
     variants["s3l-all-off"] = (
-        S3LStep(args, attention="math", teacher="autograd"),
+        S3LStep(args, attention="math", teacher="autograd", conv_impl="direct"),
         ("fp32",),
     )
     if args.ablations:
         variants["s3l-math"] = (S3LStep(args, attention="math"), both)
+        variants["s3l-direct-conv"] = (
+            S3LStep(args, conv_impl="direct"),
+            both,
+        )
         variants["s3l-teacher-autograd"] = (
             S3LStep(args, teacher="autograd"),
             both,

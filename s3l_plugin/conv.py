@@ -5,6 +5,13 @@ dropout, as in the SPIRAL / S3LSpeech conv stacks and the predictor (SPEC 2,
 3). Padded frames are zeroed before every convolution, so a 'same'-padded
 convolution sees zeros past each utterance's end exactly as it would alone.
 
+The convolutions run as one matrix product over unfolded frames by default
+(``conv_impl="matmul"``): the inputs are (B, T, C) already, so this skips
+the two transposes around ``nn.Conv1d`` and oneDNN's layout conversions;
+measured 1.3x faster forward + backward on CPU for the encoder's shapes
+(``benchmarks/train_step.py``). The parameters stay ``nn.Conv1d`` ones,
+so checkpoints do not depend on the choice.
+
 Authors
  * S3L contributors 2025
 """
@@ -13,6 +20,53 @@ import torch
 from torch import nn
 
 from s3l_plugin.attention import make_padding_mask
+
+CONV_IMPLS = ("matmul", "direct")
+
+
+def conv1d_frames(x, conv, impl="matmul"):
+    """Applies an ``nn.Conv1d`` to a (B, T, C) sequence.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        (B, T, C_in) inputs.
+    conv : torch.nn.Conv1d
+        No groups, no dilation; ``"valid"`` or ``"same"`` padding.
+    impl : str
+        ``"matmul"``: frames unfolded to (B, T', C_in * K) and one product
+        with the (C_out, C_in * K) weight; ``"direct"``: ``conv`` itself.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, T', C_out).
+
+    Example
+    -------
+    >>> conv = nn.Conv1d(4, 6, 3, stride=2, bias=False)
+    >>> x = torch.randn(2, 9, 4)
+    >>> torch.allclose(conv1d_frames(x, conv),
+    ...                conv1d_frames(x, conv, "direct"), atol=1e-6)
+    True
+    """
+    if impl == "direct":
+        return conv(x.transpose(1, 2)).transpose(1, 2)
+    if impl != "matmul":
+        raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}")
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    weight = conv.weight
+    if conv.padding == "same" and kernel > 1:
+        # torch's 'same': the extra zero of an even kernel goes right.
+        left = (kernel - 1) // 2
+        x = nn.functional.pad(x, (0, 0, left, kernel - 1 - left))
+    if kernel == 1:
+        frames, weight = x[:, ::stride], weight.squeeze(-1)
+    else:
+        # (B, T', C_in, K), flattened in the weight's (C_in, K) order.
+        frames = x.unfold(1, kernel, stride).flatten(2)
+        weight = weight.flatten(1)
+    return nn.functional.linear(frames, weight, conv.bias)
 
 
 class ConvBlock(nn.Module):
@@ -32,6 +86,9 @@ class ConvBlock(nn.Module):
         ``"valid"`` or ``"same"`` (stride 1 only).
     dropout : float
         Dropout after the activation.
+    conv_impl : str
+        How the convolution runs (``conv1d_frames``): ``"matmul"`` or
+        ``"direct"``; same parameters and result.
 
     Example
     -------
@@ -48,8 +105,14 @@ class ConvBlock(nn.Module):
         stride=1,
         padding="valid",
         dropout=0.0,
+        conv_impl="matmul",
     ):
         super().__init__()
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(
+                f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}"
+            )
+        self.conv_impl = conv_impl
         self.conv = nn.Conv1d(
             in_channels,
             out_channels,
@@ -75,7 +138,7 @@ class ConvBlock(nn.Module):
         torch.Tensor
             (B, T', out_channels) outputs.
         """
-        x = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        x = conv1d_frames(x, self.conv, self.conv_impl)
         return self.dropout(self.activation(self.norm(x)))
 
 
@@ -100,6 +163,8 @@ class ConvStack(nn.Module):
         If False the last layer is a plain, linear Conv1d (no bias, no
         LayerNorm, no ReLU), as the predictor's output must be able to take
         any sign (SPEC 7, defect 4).
+    conv_impl : str
+        ``"matmul"`` (default) or ``"direct"``, see ``conv1d_frames``.
 
     Example
     -------
@@ -120,8 +185,14 @@ class ConvStack(nn.Module):
         padding="valid",
         dropout=0.0,
         last_activation=True,
+        conv_impl="matmul",
     ):
         super().__init__()
+        if conv_impl not in CONV_IMPLS:
+            raise ValueError(
+                f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}"
+            )
+        self.conv_impl = conv_impl
         channels, kernels = tuple(channels), tuple(kernels)
         strides = (1,) * len(channels) if strides is None else tuple(strides)
         if not len(channels) == len(kernels) == len(strides) > 0:
@@ -154,7 +225,13 @@ class ConvStack(nn.Module):
                 )
             else:
                 layer = ConvBlock(
-                    in_channels, out_channels, kernel, stride, padding, dropout
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    dropout,
+                    conv_impl,
                 )
             self.layers.append(layer)
             in_channels = out_channels
@@ -241,7 +318,7 @@ class ConvStack(nn.Module):
         for layer, kernel, stride in layers:
             x = zero_padding(x, lengths)
             if isinstance(layer, nn.Conv1d):
-                x = layer(x.transpose(1, 2)).transpose(1, 2)
+                x = conv1d_frames(x, layer, self.conv_impl)
             else:
                 x = layer(x)
             lengths = self._layer_lengths(lengths, kernel, stride)
