@@ -132,6 +132,7 @@ def test_train_step_benchmark_prints_every_variant_and_phase(capsys):
         "s3l",
         "s3l-all-off",
         "s3l-math",
+        "s3l-direct-conv",
         "s3l-teacher-autograd",
         "s3l-teacher-inference-mode",
         "s3l-fused-adamw",
