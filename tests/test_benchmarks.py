@@ -149,8 +149,11 @@ def test_train_step_benchmark_prints_every_variant_and_phase(capsys):
     assert set(speedups) == {
         "s3l bf16 vs bestrq bf16",
         "s3l bf16 vs s3l-all-off fp32",
+        "s3l fp32 vs bestrq bf16",
+        "s3l fp32 vs s3l-all-off fp32",
     }
     assert "speedup s3l bf16 vs bestrq bf16" in out
+    assert "bf16 speed-up" in out
 
 
 def _eval_step_loss(step, wavs, wav_lens, phased):

@@ -47,8 +47,8 @@ def parse_args(argv):
     parser.add_argument("--eval-minutes", type=float, default=4.0)
     parser.add_argument("--small-minutes", type=float, default=5.0)
     parser.add_argument("--full-minutes", type=float, default=30.0)
-    parser.add_argument("--pretrain-steps", type=int, default=600)
-    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--pretrain-steps", type=int, default=3000)
+    parser.add_argument("--finetune-steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1986)
     parser.add_argument(
         "--plots-to",
