@@ -409,3 +409,36 @@ def test_s3l_step_reads_the_device_only_for_the_length_checks(backend):
         loss.backward()
         teacher.update(student)
     assert reads.sites == ["encoder.py:_check_lengths"] * 2
+
+
+def test_pretrain_throughput_runs_the_recipe_both_ways(
+    pretrain_runner, tmp_path, capsys
+):
+    from conftest import SMALL_PRETRAIN_ARGS
+
+    throughput = _script("pretrain_throughput")
+    rows = throughput.main(
+        [
+            "--steps=3",
+            "--log-interval=1",
+            "--max-batch-length=10",
+            f"--output={tmp_path}",
+            f"--data_folder={pretrain_runner.corpus}",
+            *(a for a in SMALL_PRETRAIN_ARGS if "log_interval" not in a),
+        ]
+    )
+    out = capsys.readouterr().out
+    printed = _table(out, throughput.HEADERS)
+    assert [row[0] for row in printed] == ["dynamic", "fixed"]
+    assert all(len(row) == len(throughput.HEADERS) for row in printed)
+    assert printed == [[str(cell) for cell in row] for row in rows]
+    # The tiny corpus's longest utterance is under 10 s: >= 1 per batch.
+    assert int(rows[1][1].removesuffix("utt")) >= 1
+    assert all(row[2] == 3 for row in rows)
+    assert all(0.0 <= float(row[4]) < 1.0 for row in rows)
+    assert "speedup dynamic vs fixed:" in out
+    # The fixed run really ran without the dynamic sampler.
+    with open(tmp_path / "fixed" / "hyperparams.yaml") as f:
+        saved = f.read()
+    assert "dynamic_batching: false" in saved.lower()
+    assert f"batch_size: {rows[1][1].removesuffix('utt')}" in saved
