@@ -89,11 +89,17 @@ def test_ablation_keys_are_exposed(name):
         "ema_base_momentum": 0.0,
         "ema_final_momentum": 0.0,
         "dynamic_batching": False,
+        "conv_impl": "direct",
+        "attention_backend": "math",
     }
     with open(path, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     config = hparams["encoder"].config
     assert (config["transf1_layers"], config["transf2_layers"]) == (1, 1)
+    assert (config["conv_impl"], config["attention_backend"]) == (
+        "direct",
+        "math",
+    )
     teacher = hparams["teacher"]
     assert teacher.momentum(0) == teacher.momentum(5) == 0.0
     assert hparams["dynamic_batching"] is False
