@@ -9,8 +9,9 @@
 #    forward/backward) and the CPU-side attention/encoder tests;
 # 3. measures, for the paper configuration (hparams/s3l.yaml: 23 M encoder,
 #    bf16, 1080 s micro-batches = 72 x 15 s), step time, peak memory and
-#    audio seconds per second for the flash_attn, sdpa and math backends,
-#    and projects 12,500 steps x 4 micro-batches.
+#    audio seconds per second for the flash_attn, sdpa and math backends
+#    and for FFT vs cuDNN positional convolutions (conv_impl auto = direct
+#    on CUDA until measured), and projects 12,500 steps x 4 micro-batches.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}
@@ -42,4 +43,5 @@ timeout 120 $PY benchmarks/attention.py --device cuda --repeats 5 2>&1 \
 
 timeout 240 $PY benchmarks/train_step.py --device cuda --model paper \
     --batch 72 --seconds 15 --precision bf16 --repeats 3 \
-    --backends flash_attn sdpa math --project 2>&1 | tee "$OUT/train_step.txt"
+    --backends flash_attn sdpa math --conv-impls fft direct --project 2>&1 \
+    | tee "$OUT/train_step.txt"

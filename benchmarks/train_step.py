@@ -163,6 +163,13 @@ def parse_args(argv=None):
         help="also time S3L with each of these attention backends",
     )
     parser.add_argument(
+        "--conv-impls",
+        nargs="+",
+        default=[],
+        choices=("fft", "direct"),
+        help="also time S3L with each of these conv_impl values",
+    )
+    parser.add_argument(
         "--project",
         action="store_true",
         help="print each variant's time for the paper's 12,500 x 4 "
@@ -503,6 +510,11 @@ def build_variants(args):
         variants["s3l-compiled"] = (S3LStep(args, compile_model=True), both)
     for backend in args.backends:
         variants[f"s3l-{backend}"] = (S3LStep(args, attention=backend), both)
+    for conv_impl in args.conv_impls:
+        variants[f"s3l-conv-{conv_impl}"] = (
+            S3LStep(args, conv_impl=conv_impl),
+            both,
+        )
     variants["s3l-all-off"] = (
         S3LStep(args, attention="math", teacher="autograd", conv_impl="direct"),
         ("fp32",),
