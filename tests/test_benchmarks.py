@@ -135,7 +135,7 @@ def test_train_step_benchmark_prints_every_variant_and_phase(capsys):
         "s3l-direct-conv",
         "s3l-teacher-autograd",
         "s3l-teacher-inference-mode",
-        "s3l-fused-adamw",
+        "s3l-foreach-adamw",
         "bestrq",
     ]
     assert all(len(row) == len(train_step.HEADERS) for row in printed)
