@@ -17,12 +17,13 @@ Batches:
 - ``dynamic``: SpeechBrain's ``DynamicBatchSampler`` with the recipe's
   settings (``hparams/s3l.yaml``: at most 1080 s of padded audio per
   batch, 60 buckets, shuffled, random batch order, at most 256
-  utterances);
-- ``dynamic-quantiles``: the same sampler given ``bucket_boundaries`` at
-  60 quantiles of the durations (from ``num_buckets`` alone SpeechBrain
-  places its boundaries on lognormal quantiles up to ``max_batch_length``,
-  the first at ~15 s for 1080 s: a 1-25 s corpus then falls into about
-  three buckets);
+  utterances) but SpeechBrain's own bucket placement
+  (``quantile_buckets: False``): from ``num_buckets`` alone it places its
+  boundaries on lognormal quantiles up to ``max_batch_length``, the first
+  at ~15 s for 1080 s, so a 1-25 s corpus falls into about three buckets;
+- ``dynamic-quantiles``: what the recipes do (``quantile_buckets: True``,
+  ``s3l_plugin.data.batching``): ``bucket_boundaries`` at 60 quantiles of
+  the durations;
 - ``fixed``: shuffled batches of a fixed number of utterances, by default
   the dynamic batches' mean number (same utterances per batch on average).
 
@@ -59,6 +60,7 @@ from benchutils import (
 from speechbrain.dataio.sampler import DynamicBatchSampler
 
 from s3l_plugin.augment import NoiseAugment, RandomShift, SpecAugment
+from s3l_plugin.data.batching import quantile_bucket_boundaries
 from s3l_plugin.encoder import S3LEncoder
 from s3l_plugin.loss import ContrastiveLoss
 from s3l_plugin.predictor import Predictor
@@ -239,9 +241,11 @@ def dynamic_batches(durations, args, quantile_buckets=False):
     lengths = durations.tolist()
     buckets = {"num_buckets": args.num_buckets}
     if quantile_buckets:
-        levels = np.arange(1, args.num_buckets + 1) / args.num_buckets
-        boundaries = np.unique(np.quantile(durations, levels))
-        buckets = {"bucket_boundaries": boundaries.tolist()}
+        buckets = {
+            "bucket_boundaries": quantile_bucket_boundaries(
+                durations, args.num_buckets
+            )
+        }
     sampler = DynamicBatchSampler(
         lengths,  # only its length is used with lengths_list
         max_batch_length=args.max_batch_length,

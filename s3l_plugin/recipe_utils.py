@@ -27,6 +27,7 @@ from s3l_plugin.checkpointing import (
 )
 from s3l_plugin.cost import CostTracker
 from s3l_plugin.data.audio import EmptyBatch
+from s3l_plugin.data.batching import quantile_bucket_boundaries
 
 logger = logging.getLogger(__name__)
 
@@ -481,8 +482,12 @@ def make_train_sampler(hparams, dataset):
 
     ``dynamic_batching`` (default True) groups utterances of similar
     duration into batches of at most ``dynamic_batch_sampler``'s
-    ``max_batch_length`` seconds of padded audio. False gives shuffled
-    batches of ``batch_size`` utterances (see :func:`train_loader_kwargs`).
+    ``max_batch_length`` seconds of padded audio. With ``quantile_buckets``
+    (default True) its ``num_buckets`` bucket boundaries sit at quantiles
+    of the training durations (``s3l_plugin.data.batching``) instead of
+    SpeechBrain's log-normal spread up to ``max_batch_length``. False
+    gives shuffled batches of ``batch_size`` utterances (see
+    :func:`train_loader_kwargs`).
 
     Arguments
     ---------
@@ -501,10 +506,26 @@ def make_train_sampler(hparams, dataset):
             hparams["batch_size"],
         )
         return None
+    config = dict(hparams["dynamic_batch_sampler"])
+    if hparams.get("quantile_buckets", True) and "bucket_boundaries" not in (
+        config
+    ):
+        durations = [
+            float(dataset.data[data_id]["duration"])
+            for data_id in dataset.data_ids
+        ]
+        config["bucket_boundaries"] = quantile_bucket_boundaries(
+            durations, config.pop("num_buckets", 60)
+        )
+        logger.info(
+            "Dynamic batches: %d duration buckets at quantiles up to %.1f s",
+            len(config["bucket_boundaries"]),
+            config["bucket_boundaries"][-1],
+        )
     return DynamicBatchSampler(
         dataset,
         length_func=lambda example: example["duration"],
-        **hparams["dynamic_batch_sampler"],
+        **config,
     )
 
 

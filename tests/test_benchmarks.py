@@ -429,16 +429,25 @@ def test_pretrain_throughput_runs_the_recipe_both_ways(
     )
     out = capsys.readouterr().out
     printed = _table(out, throughput.HEADERS)
-    assert [row[0] for row in printed] == ["dynamic", "fixed"]
+    assert [row[0] for row in printed] == [
+        "dynamic",
+        "dynamic-lognormal",
+        "fixed",
+    ]
     assert all(len(row) == len(throughput.HEADERS) for row in printed)
     assert printed == [[str(cell) for cell in row] for row in rows]
     # The tiny corpus's longest utterance is under 10 s: >= 1 per batch.
-    assert int(rows[1][1].removesuffix("utt")) >= 1
+    assert int(rows[2][1].removesuffix("utt")) >= 1
     assert all(row[2] == 3 for row in rows)
     assert all(0.0 <= float(row[4]) < 1.0 for row in rows)
     assert "speedup dynamic vs fixed:" in out
+    assert "speedup dynamic vs dynamic-lognormal:" in out
     # The fixed run really ran without the dynamic sampler.
     with open(tmp_path / "fixed" / "hyperparams.yaml") as f:
         saved = f.read()
     assert "dynamic_batching: false" in saved.lower()
-    assert f"batch_size: {rows[1][1].removesuffix('utt')}" in saved
+    assert f"batch_size: {rows[2][1].removesuffix('utt')}" in saved
+    with open(tmp_path / "dynamic" / "log.txt") as f:
+        assert "duration buckets at quantiles" in f.read()
+    with open(tmp_path / "dynamic-lognormal" / "log.txt") as f:
+        assert "duration buckets at quantiles" not in f.read()

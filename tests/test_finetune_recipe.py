@@ -156,7 +156,8 @@ def test_tiny_finetune_lowers_loss_and_writes_wer(tmp_path, corpus, pretrained):
             output,
             "--total_steps=40",
             "--number_of_epochs=8",
-            # 30 s batches: five optimizer steps per epoch of this corpus.
+            # 30 s batches: 5-10 optimizer steps per epoch of this corpus
+            # (its quantile duration buckets each end in a partial batch).
             "--max_batch_length=30",
             "--lr_head=0.005",
             "--test_beam_search=True",
@@ -178,7 +179,8 @@ def test_tiny_finetune_lowers_loss_and_writes_wer(tmp_path, corpus, pretrained):
     assert "beam search:" in match.string
     log = (output / "train_log.txt").read_text()
     losses = [float(x) for x in re.findall(r"train loss: ([\d.e+-]+)", log)]
-    assert len(losses) == 8, log
+    steps = [int(x) for x in re.findall(r"optimizer_step: (\d+)", log)]
+    assert steps[-1] == 40 and len(losses) == len(steps) >= 4, log
     assert losses[-1] < 0.75 * losses[0], losses
 
 
