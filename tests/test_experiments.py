@@ -45,3 +45,26 @@ def test_train_log_parsing_reads_speechbrain_lines(tmp_path):
         }
     ]
     assert experiment.read_test_errors(str(tmp_path)) == (97.5, 80.0)
+
+
+def test_tiny_run_writes_every_result_and_plot(tmp_path):
+    experiment = _load()
+    output = tmp_path / "out"
+    plots = tmp_path / "plots"
+    results = experiment.main(
+        ["--tiny", f"--output={output}", f"--plots-to={plots}"]
+    )
+    assert list(results["runs"]) == [
+        "s3l-small",
+        "scratch-small",
+        "s3l-full",
+        "scratch-full",
+        "scratch-full-x3",
+    ]
+    assert results["runs"]["scratch-full-x3"]["finetune_steps"] == 9
+    for run in results["runs"].values():
+        assert 0.0 <= run["test_cer"] and 0.0 <= run["test_wer"]
+    table = (output / "results.md").read_text().splitlines()
+    assert len(table) == 2 + 5 and "test CER (%)" in table[0]
+    for name in ("finetuning_wer.png", "pretraining_loss.png", "results.md"):
+        assert (plots / name).stat().st_size > 0
