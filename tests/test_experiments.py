@@ -1,4 +1,4 @@
-"""The ssl_vs_scratch experiment's own logic (the full run takes 35 minutes)."""
+"""The ssl_vs_scratch experiment's own logic (the full run takes 30 minutes)."""
 
 import importlib.util
 import os

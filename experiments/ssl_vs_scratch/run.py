@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Does S3L pretraining help? Pretrain, finetune, compare with scratch.
 
-One command, about 35 minutes on a 2-core CPU::
+One command, about 30 minutes on a 2-core CPU::
 
     python experiments/ssl_vs_scratch/run.py
 
@@ -39,7 +39,7 @@ sys.path.insert(0, RECIPES)
 
 
 def parse_args(argv):
-    """Command-line options; defaults are the 35-minute configuration."""
+    """Command-line options; defaults are the 30-minute configuration."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--output", default=os.path.join(ROOT, "results", "ssl_vs_scratch")
