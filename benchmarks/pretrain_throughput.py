@@ -149,7 +149,7 @@ def summarise(name, batch, output_folder, wall):
 
 
 def main(argv=None):
-    """Runs both settings and prints the table.
+    """Runs the three settings and prints the table.
 
     Arguments
     ---------
@@ -162,37 +162,33 @@ def main(argv=None):
         The table rows.
     """
     args = parse_args(argv)
+    dynamic_batch = f"<={args.max_batch_length:g}s"
     with tempfile.TemporaryDirectory() as scratch:
         base = args.output or scratch
-        dynamic = os.path.join(base, "dynamic")
-        wall = run_recipe(args, dynamic)
+
+        def measure(name, batch, *extra):
+            output_folder = os.path.join(base, name)
+            wall = run_recipe(args, output_folder, *extra)
+            return summarise(name, batch, output_folder, wall)
+
         rows = [
-            summarise("dynamic", f"<={args.max_batch_length:g}s", dynamic, wall)
+            measure("dynamic", dynamic_batch),
+            measure(
+                "dynamic-lognormal", dynamic_batch, "--quantile_buckets=False"
+            ),
         ]
-        lognormal = os.path.join(base, "dynamic-lognormal")
-        wall = run_recipe(args, lognormal, "--quantile_buckets=False")
+        longest = longest_training_utterance(os.path.join(base, "dynamic"))
+        batch_size = args.batch_size or max(
+            1, math.floor(args.max_batch_length / longest)
+        )
         rows.append(
-            summarise(
-                "dynamic-lognormal",
-                f"<={args.max_batch_length:g}s",
-                lognormal,
-                wall,
+            measure(
+                "fixed",
+                f"{batch_size}utt",
+                "--dynamic_batching=False",
+                f"--batch_size={batch_size}",
             )
         )
-        batch_size = args.batch_size or max(
-            1,
-            math.floor(
-                args.max_batch_length / longest_training_utterance(dynamic)
-            ),
-        )
-        fixed = os.path.join(base, "fixed")
-        wall = run_recipe(
-            args,
-            fixed,
-            "--dynamic_batching=False",
-            f"--batch_size={batch_size}",
-        )
-        rows.append(summarise("fixed", f"{batch_size}utt", fixed, wall))
     print(
         f"# {os.path.relpath(args.hparams, ROOT)}, {args.steps} optimizer "
         "steps each; medians over the logged intervals after the first"

@@ -23,10 +23,9 @@ Variants
     compile, ``nn.Conv1d`` convolutions (``conv_impl="direct"``: no
     unfolded matmuls, no FFT positional convolution), AdamW's default
     (foreach) implementation, and a teacher run as a plain forward with
-    autograd on (its
-    parameters require gradients, as in a naive copy of the student) whose
-    projected output is detached after (projection over all frames, then
-    the crop).
+    autograd on (its parameters require gradients, as in a naive copy of
+    the student) whose projected output is detached after (projection over
+    all frames, then the crop).
 ``bestrq``
     SpeechBrain's BEST-RQ pretraining step, as its LibriSpeech recipe
     (``BEST-RQ.yaml`` / ``train.py``): ``Fbank(80)``, sentence
@@ -42,8 +41,8 @@ Variants
     S3L with one optimisation reverted, to measure each on its own.
 ``s3l-teacher-inference-mode``, ``s3l-foreach-adamw`` (``--ablations``)
     S3L with a candidate optimisation: the teacher under
-    ``torch.inference_mode`` (targets cloned; measured no faster, so not
-    adopted), or AdamW's default foreach implementation instead of the
+    ``torch.inference_mode`` (targets cloned; within the noise of no_grad
+    here, so not adopted), or AdamW's default foreach implementation instead of the
     recipe's ``fused=True``.
 
 Columns: audio seconds processed per second of step, step time, peak

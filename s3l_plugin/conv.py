@@ -24,6 +24,29 @@ from s3l_plugin.attention import make_padding_mask
 CONV_IMPLS = ("matmul", "direct")
 
 
+def check_conv_impl(conv_impl, choices=CONV_IMPLS):
+    """Raises ``ValueError`` unless ``conv_impl`` is one of ``choices``.
+
+    Arguments
+    ---------
+    conv_impl : str
+        The value given.
+    choices : tuple of str
+        The values allowed.
+
+    Example
+    -------
+    >>> check_conv_impl("winograd")
+    Traceback (most recent call last):
+    ...
+    ValueError: conv_impl must be one of ('matmul', 'direct'), got 'winograd'
+    """
+    if conv_impl not in choices:
+        raise ValueError(
+            f"conv_impl must be one of {choices}, got {conv_impl!r}"
+        )
+
+
 def conv1d_frames(x, conv, impl="matmul"):
     """Applies an ``nn.Conv1d`` to a (B, T, C) sequence.
 
@@ -52,8 +75,7 @@ def conv1d_frames(x, conv, impl="matmul"):
     """
     if impl == "direct":
         return conv(x.transpose(1, 2)).transpose(1, 2)
-    if impl != "matmul":
-        raise ValueError(f"impl must be one of {CONV_IMPLS}, got {impl!r}")
+    check_conv_impl(impl)
     kernel, stride = conv.kernel_size[0], conv.stride[0]
     weight = conv.weight
     if conv.padding == "same" and kernel > 1:
@@ -108,10 +130,7 @@ class ConvBlock(nn.Module):
         conv_impl="matmul",
     ):
         super().__init__()
-        if conv_impl not in CONV_IMPLS:
-            raise ValueError(
-                f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}"
-            )
+        check_conv_impl(conv_impl)
         self.conv_impl = conv_impl
         self.conv = nn.Conv1d(
             in_channels,
@@ -188,10 +207,7 @@ class ConvStack(nn.Module):
         conv_impl="matmul",
     ):
         super().__init__()
-        if conv_impl not in CONV_IMPLS:
-            raise ValueError(
-                f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}"
-            )
+        check_conv_impl(conv_impl)
         self.conv_impl = conv_impl
         channels, kernels = tuple(channels), tuple(kernels)
         strides = (1,) * len(channels) if strides is None else tuple(strides)

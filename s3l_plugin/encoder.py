@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from s3l_plugin.attention import MultiHeadSelfAttention, make_padding_mask
-from s3l_plugin.conv import ConvStack, zero_padding
+from s3l_plugin.conv import ConvStack, check_conv_impl, zero_padding
 from s3l_plugin.features import MelFeatures
 from s3l_plugin.fft_conv import fft_conv1d
 
@@ -88,10 +88,7 @@ class ConvPositionalEmbedding(nn.Module):
         self, d_model=512, kernel_size=128, groups=16, conv_impl="auto"
     ):
         super().__init__()
-        if conv_impl not in CONV_IMPLS:
-            raise ValueError(
-                f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}"
-            )
+        check_conv_impl(conv_impl, CONV_IMPLS)
         self.conv_impl = conv_impl
         conv = nn.Conv1d(
             d_model,
@@ -442,10 +439,7 @@ class S3LEncoder(nn.Module):
         conv_impl="auto",
     ):
         super().__init__()
-        if conv_impl not in CONV_IMPLS:
-            raise ValueError(
-                f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}"
-            )
+        check_conv_impl(conv_impl, CONV_IMPLS)
         conv1_channels, conv2_channels = (
             tuple(conv1_channels),
             tuple(conv2_channels),
