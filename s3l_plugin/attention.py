@@ -10,7 +10,11 @@ Every backend computes the same exact attention,
 - ``flash_attn``: FlashAttention's variable-length kernels on the unpadded
   tokens (CUDA only), from the ``flash-attn`` package when installed, else
   ``torch.nn.attention.varlen.varlen_attn``;
-- ``auto``: ``flash_attn`` when a CUDA kernel exists, else ``sdpa``.
+- ``auto``: ``flash_attn`` on a CUDA device that a kernel supports, else
+  ``sdpa``.
+
+The backend is resolved for the device of the inputs, the first time a
+module sees that device (``s3l_plugin.runtime``).
 
 Authors
  * S3L contributors 2025
@@ -24,34 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-BACKENDS = ("auto", "math", "sdpa", "flash_attn")
-
-
-def make_padding_mask(lengths, max_len=None):
-    """Key padding mask, True on padding (SpeechBrain's convention).
-
-    Arguments
-    ---------
-    lengths : torch.Tensor
-        (B,) long absolute lengths.
-    max_len : int, optional
-        Padded length; defaults to ``lengths.max()``.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, max_len) bool, True where the frame is padding.
-
-    Example
-    -------
-    >>> make_padding_mask(torch.tensor([3, 1]), 4)
-    tensor([[False, False, False,  True],
-            [False,  True,  True,  True]])
-    """
-    if max_len is None:
-        max_len = int(lengths.max())
-    frames = torch.arange(max_len, device=lengths.device)
-    return frames.unsqueeze(0) >= lengths.unsqueeze(1)
+from s3l_plugin.runtime import DeviceResolved, check_choice
 
 
 class UnpaddedSequences(NamedTuple):
@@ -93,8 +70,9 @@ def unpad_sequences(x, key_padding_mask):
 
     Example
     -------
+    >>> from s3l_plugin.lengths import padding_mask
     >>> x = torch.arange(6.0).view(2, 3, 1)
-    >>> unpadded = unpad_sequences(x, make_padding_mask(torch.tensor([2, 3])))
+    >>> unpadded = unpad_sequences(x, padding_mask(torch.tensor([2, 3])))
     >>> unpadded.tokens.flatten().tolist(), unpadded.cu_seqlens.tolist()
     ([0.0, 1.0, 3.0, 4.0, 5.0], [0, 2, 5])
     >>> unpadded.max_seqlen
@@ -132,8 +110,9 @@ def pad_sequences(tokens, indices, batch_size, max_len):
 
     Example
     -------
+    >>> from s3l_plugin.lengths import padding_mask
     >>> x = torch.arange(6.0).view(2, 3, 1)
-    >>> mask = make_padding_mask(torch.tensor([2, 3]))
+    >>> mask = padding_mask(torch.tensor([2, 3]))
     >>> unpadded = unpad_sequences(x, mask)
     >>> pad_sequences(unpadded.tokens, unpadded.indices, 2, 3).flatten()
     tensor([0., 1., 0., 3., 4., 5.])
@@ -163,11 +142,16 @@ def _torch_varlen_attn():
     return varlen_attn
 
 
-def flash_kernel_available():
-    """Whether a variable-length FlashAttention kernel can run here.
+def flash_kernel_available(device=None):
+    """Whether a variable-length FlashAttention kernel can run on ``device``.
 
-    Needs CUDA on an Ampere or newer GPU and either the ``flash-attn``
-    package or ``torch.nn.attention.varlen``.
+    Needs a CUDA device of the Ampere generation or newer and either the
+    ``flash-attn`` package or ``torch.nn.attention.varlen``.
+
+    Arguments
+    ---------
+    device : torch.device or str, optional
+        The device; None means the current CUDA device.
 
     Returns
     -------
@@ -175,12 +159,13 @@ def flash_kernel_available():
 
     Example
     -------
-    >>> isinstance(flash_kernel_available(), bool)
-    True
+    >>> flash_kernel_available("cpu")
+    False
     """
-    if not torch.cuda.is_available():
+    device = torch.device("cuda" if device is None else device)
+    if device.type != "cuda" or not torch.cuda.is_available():
         return False
-    if torch.cuda.get_device_capability() < (8, 0):
+    if torch.cuda.get_device_capability(device) < (8, 0):
         return False
     return (
         _flash_attn_varlen_func() is not None
@@ -188,13 +173,15 @@ def flash_kernel_available():
     )
 
 
-def resolve_backend(backend):
-    """The backend a ``MultiHeadSelfAttention`` will use.
+def resolve_attention_backend(backend, device):
+    """The kernel that ``backend`` runs on ``device``.
 
     Arguments
     ---------
     backend : str
-        One of ``BACKENDS``.
+        One of ``runtime.ATTENTION_BACKENDS``.
+    device : torch.device or str
+        Where the inputs are.
 
     Returns
     -------
@@ -204,28 +191,22 @@ def resolve_backend(backend):
     Raises
     ------
     ValueError
-        Unknown backend, or ``"flash_attn"`` where no kernel can run.
+        Unknown backend, or ``"flash_attn"`` on a device where no kernel
+        can run.
 
     Example
     -------
-    >>> resolve_backend("sdpa")
+    >>> resolve_attention_backend("auto", "cpu")
     'sdpa'
-    >>> resolve_backend("auto") in ("sdpa", "flash_attn")
-    True
     """
-    if backend not in BACKENDS:
-        raise ValueError(
-            f"Unknown attention backend {backend!r}; valid backends are "
-            f"{', '.join(repr(b) for b in BACKENDS)}."
-        )
+    check_choice("attention_backend", backend)
     if backend == "auto":
-        return "flash_attn" if flash_kernel_available() else "sdpa"
-    if backend == "flash_attn" and not flash_kernel_available():
+        return "flash_attn" if flash_kernel_available(device) else "sdpa"
+    if backend == "flash_attn" and not flash_kernel_available(device):
         raise ValueError(
             "attention backend 'flash_attn' needs a CUDA GPU (Ampere or "
             "newer) and either the flash-attn package or "
-            "torch.nn.attention.varlen; none is usable here (CUDA "
-            f"available: {torch.cuda.is_available()}). Use "
+            f"torch.nn.attention.varlen; none is usable on {device}. Use "
             "attention_backend='sdpa' (or 'auto', which picks flash_attn "
             "only where it can run)."
         )
@@ -266,18 +247,19 @@ class MultiHeadSelfAttention(nn.Module):
     dropout : float
         Dropout on the attention probabilities (training only).
     backend : str
-        ``"auto"``, ``"math"``, ``"sdpa"`` or ``"flash_attn"``. ``auto`` is
-        resolved at construction (``self.backend``) to ``flash_attn`` when a
-        CUDA kernel exists, else ``sdpa``; an ``auto`` module still runs
-        ``sdpa`` on inputs ``flash_attn`` cannot take (CPU, float32), whereas
-        an explicit ``flash_attn`` raises on CPU inputs and runs float32
-        inputs in bfloat16.
+        ``"auto"``, ``"math"``, ``"sdpa"`` or ``"flash_attn"``, kept as
+        ``attention_backend``. ``auto`` resolves to ``flash_attn`` on a
+        CUDA device with a kernel, else ``sdpa``, and still runs ``sdpa``
+        on inputs ``flash_attn`` cannot take (float32, or dropout without
+        the flash-attn package); an explicit ``flash_attn`` raises on a
+        device without a kernel and runs float32 inputs in bfloat16.
 
     Example
     -------
+    >>> from s3l_plugin.lengths import padding_mask
     >>> attention = MultiHeadSelfAttention(16, 4, dropout=0.0, backend="sdpa")
     >>> x = torch.randn(2, 5, 16)
-    >>> attention(x, make_padding_mask(torch.tensor([5, 3]), 5)).shape
+    >>> attention(x, padding_mask(torch.tensor([5, 3]), 5)).shape
     torch.Size([2, 5, 16])
     """
 
@@ -291,8 +273,8 @@ class MultiHeadSelfAttention(nn.Module):
         self.nhead = nhead
         self.head_dim = d_model // nhead
         self.dropout = dropout
-        self.requested_backend = backend
-        self.backend = resolve_backend(backend)
+        self.attention_backend = check_choice("attention_backend", backend)
+        self.backend_plan = DeviceResolved(resolve_attention_backend)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
@@ -332,19 +314,11 @@ class MultiHeadSelfAttention(nn.Module):
 
     def _backend_for(self, qkv, dropout_p):
         """The backend of this call (``flash_attn`` may not take it)."""
-        if self.backend != "flash_attn":
-            return self.backend
-        auto = self.requested_backend == "auto"
-        if not qkv.is_cuda:
-            if auto:
-                return "sdpa"
-            raise RuntimeError(
-                "attention backend 'flash_attn' needs CUDA inputs, got "
-                f"{qkv.device}; move the model to a GPU or build it with "
-                "attention_backend='sdpa' or 'auto'."
-            )
+        backend = self.backend_plan(self.attention_backend, qkv.device)
+        if backend != "flash_attn":
+            return backend
         half = qkv.dtype in (torch.float16, torch.bfloat16)
-        if auto and not half:
+        if self.attention_backend == "auto" and not half:
             # Casting would silently lower float32 runs to bfloat16.
             return "sdpa"
         if dropout_p > 0 and _flash_attn_varlen_func() is None:

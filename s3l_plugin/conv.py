@@ -5,8 +5,8 @@ dropout, as in the SPIRAL / S3LSpeech conv stacks and the predictor (SPEC 2,
 3). Padded frames are zeroed before every convolution, so a 'same'-padded
 convolution sees zeros past each utterance's end exactly as it would alone.
 
-The convolutions run as one matrix product over unfolded frames by default
-(``conv_impl="matmul"``): the inputs are (B, T, C) already, so this skips
+The convolutions run as one matrix product over unfolded frames unless
+``conv_impl`` is ``"direct"`` (``s3l_plugin.runtime``): the inputs are (B, T, C) already, so this skips
 the two transposes around ``nn.Conv1d`` and oneDNN's layout conversions;
 measured 1.3x faster forward + backward on CPU for the encoder's shapes
 (``benchmarks/train_step.py``). The parameters stay ``nn.Conv1d`` ones,
@@ -19,32 +19,8 @@ Authors
 import torch
 from torch import nn
 
-from s3l_plugin.attention import make_padding_mask
-
-CONV_IMPLS = ("matmul", "direct")
-
-
-def check_conv_impl(conv_impl, choices=CONV_IMPLS):
-    """Raises ``ValueError`` unless ``conv_impl`` is one of ``choices``.
-
-    Arguments
-    ---------
-    conv_impl : str
-        The value given.
-    choices : tuple of str
-        The values allowed.
-
-    Example
-    -------
-    >>> check_conv_impl("winograd")
-    Traceback (most recent call last):
-    ...
-    ValueError: conv_impl must be one of ('matmul', 'direct'), got 'winograd'
-    """
-    if conv_impl not in choices:
-        raise ValueError(
-            f"conv_impl must be one of {choices}, got {conv_impl!r}"
-        )
+from s3l_plugin.lengths import zero_padding
+from s3l_plugin.runtime import DeviceResolved, check_choice, resolve_conv_impl
 
 
 def conv1d_frames(x, conv, impl="matmul"):
@@ -55,7 +31,8 @@ def conv1d_frames(x, conv, impl="matmul"):
     x : torch.Tensor
         (B, T, C_in) inputs.
     conv : torch.nn.Conv1d
-        No groups, no dilation; ``"valid"`` or ``"same"`` padding.
+        No groups, no dilation; ``"valid"``, ``"same"`` or symmetric
+        integer padding.
     impl : str
         ``"matmul"``: frames unfolded to (B, T', C_in * K) and one product
         with the (C_out, C_in * K) weight; ``"direct"``: ``conv`` itself.
@@ -75,13 +52,19 @@ def conv1d_frames(x, conv, impl="matmul"):
     """
     if impl == "direct":
         return conv(x.transpose(1, 2)).transpose(1, 2)
-    check_conv_impl(impl)
+    if impl != "matmul":
+        raise ValueError(f"impl must be 'matmul' or 'direct', got {impl!r}")
     kernel, stride = conv.kernel_size[0], conv.stride[0]
     weight = conv.weight
-    if conv.padding == "same" and kernel > 1:
+    if conv.padding == "same":
         # torch's 'same': the extra zero of an even kernel goes right.
-        left = (kernel - 1) // 2
-        x = nn.functional.pad(x, (0, 0, left, kernel - 1 - left))
+        left, right = (kernel - 1) // 2, kernel // 2
+    elif conv.padding == "valid":
+        left = right = 0
+    else:
+        left = right = conv.padding[0]
+    if left or right:
+        x = nn.functional.pad(x, (0, 0, left, right))
     if kernel == 1:
         frames, weight = x[:, ::stride], weight.squeeze(-1)
     else:
@@ -109,8 +92,9 @@ class ConvBlock(nn.Module):
     dropout : float
         Dropout after the activation.
     conv_impl : str
-        How the convolution runs (``conv1d_frames``): ``"matmul"`` or
-        ``"direct"``; same parameters and result.
+        ``"auto"``, ``"fft"`` (both: unfolded matmul) or ``"direct"``
+        (``nn.Conv1d``), see ``s3l_plugin.runtime``; same parameters and
+        result.
 
     Example
     -------
@@ -127,11 +111,11 @@ class ConvBlock(nn.Module):
         stride=1,
         padding="valid",
         dropout=0.0,
-        conv_impl="matmul",
+        conv_impl="auto",
     ):
         super().__init__()
-        check_conv_impl(conv_impl)
-        self.conv_impl = conv_impl
+        self.conv_impl = check_choice("conv_impl", conv_impl)
+        self.conv_plan = DeviceResolved(resolve_conv_impl)
         self.conv = nn.Conv1d(
             in_channels,
             out_channels,
@@ -157,7 +141,8 @@ class ConvBlock(nn.Module):
         torch.Tensor
             (B, T', out_channels) outputs.
         """
-        x = conv1d_frames(x, self.conv, self.conv_impl)
+        plan = self.conv_plan(self.conv_impl, x.device)
+        x = conv1d_frames(x, self.conv, plan.stack)
         return self.dropout(self.activation(self.norm(x)))
 
 
@@ -183,7 +168,7 @@ class ConvStack(nn.Module):
         LayerNorm, no ReLU), as the predictor's output must be able to take
         any sign (SPEC 7, defect 4).
     conv_impl : str
-        ``"matmul"`` (default) or ``"direct"``, see ``conv1d_frames``.
+        ``"auto"``, ``"fft"`` or ``"direct"``, see ``ConvBlock``.
 
     Example
     -------
@@ -204,11 +189,11 @@ class ConvStack(nn.Module):
         padding="valid",
         dropout=0.0,
         last_activation=True,
-        conv_impl="matmul",
+        conv_impl="auto",
     ):
         super().__init__()
-        check_conv_impl(conv_impl)
-        self.conv_impl = conv_impl
+        self.conv_impl = check_choice("conv_impl", conv_impl)
+        self.conv_plan = DeviceResolved(resolve_conv_impl)
         channels, kernels = tuple(channels), tuple(kernels)
         strides = (1,) * len(channels) if strides is None else tuple(strides)
         if not len(channels) == len(kernels) == len(strides) > 0:
@@ -334,7 +319,8 @@ class ConvStack(nn.Module):
         for layer, kernel, stride in layers:
             x = zero_padding(x, lengths)
             if isinstance(layer, nn.Conv1d):
-                x = conv1d_frames(x, layer, self.conv_impl)
+                plan = self.conv_plan(self.conv_impl, x.device)
+                x = conv1d_frames(x, layer, plan.stack)
             else:
                 x = layer(x)
             lengths = self._layer_lengths(lengths, kernel, stride)
@@ -346,27 +332,3 @@ class ConvStack(nn.Module):
             return lengths
         lengths = (lengths - kernel).div(stride, rounding_mode="floor") + 1
         return lengths.clamp(min=0)
-
-
-def zero_padding(x, lengths):
-    """Zeroes the frames of a (B, T, C) batch past each utterance's length.
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        (B, T, C) padded batch.
-    lengths : torch.Tensor
-        (B,) long valid frames.
-
-    Returns
-    -------
-    torch.Tensor
-        ``x`` with frames ``t >= lengths[b]`` set to 0.
-
-    Example
-    -------
-    >>> zero_padding(torch.ones(2, 3, 1), torch.tensor([3, 1])).flatten()
-    tensor([1., 1., 1., 1., 0., 0.])
-    """
-    padding = make_padding_mask(lengths, x.shape[1])
-    return x.masked_fill(padding.unsqueeze(-1), 0.0)

@@ -11,10 +11,12 @@ Authors
 
 import torch
 import torch.nn.functional as F
-from speechbrain.decoders.ctc import ctc_greedy_decode
+from speechbrain.decoders.ctc import filter_ctc_output
 from torch import nn
 
-from s3l_plugin.conv import zero_padding
+from s3l_plugin.conv import conv1d_frames
+from s3l_plugin.lengths import zero_padding
+from s3l_plugin.runtime import DeviceResolved, check_choice, resolve_conv_impl
 
 
 class WeightedLayerSum(nn.Module):
@@ -92,10 +94,10 @@ class _ConvLNBlock(nn.Module):
         self.norm = nn.LayerNorm(out_channels)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, lengths):
+    def forward(self, x, lengths, conv_impl):
         """(B, T, C_in) -> (B, T, C_out); padded inputs zeroed first."""
-        x = self.conv(zero_padding(x, lengths).transpose(1, 2))
-        return self.dropout(torch.relu(self.norm(x.transpose(1, 2))))
+        x = conv1d_frames(zero_padding(x, lengths), self.conv, conv_impl)
+        return self.dropout(torch.relu(self.norm(x)))
 
 
 class CTCHead(nn.Module):
@@ -125,6 +127,9 @@ class CTCHead(nn.Module):
         Dropout after each block.
     vocab_size : int
         Output classes, blank included.
+    conv_impl : str
+        ``"auto"``, ``"fft"`` (both: unfolded matmuls) or ``"direct"``
+        (``nn.Conv1d``), see ``s3l_plugin.runtime``.
 
     Example
     -------
@@ -143,8 +148,11 @@ class CTCHead(nn.Module):
         num_conv=2,
         dropout=0.1,
         vocab_size=29,
+        conv_impl="auto",
     ):
         super().__init__()
+        self.conv_impl = check_choice("conv_impl", conv_impl)
+        self.conv_plan = DeviceResolved(resolve_conv_impl)
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.upsample = upsample
@@ -203,16 +211,15 @@ class CTCHead(nn.Module):
         """
         lengths = lengths.to(x.device).long()
         batch, frames, _ = x.shape
-        y = self.upsample_conv(zero_padding(x, lengths).transpose(1, 2))
-        # (B, upsample * C, T) -> (B, T, upsample, C) -> (B, upsample*T, C):
-        # input frame t becomes output frames upsample*t ... upsample*t+7.
-        y = y.transpose(1, 2).reshape(
-            batch, frames * self.upsample, self.channels
-        )
+        impl = self.conv_plan(self.conv_impl, x.device).stack
+        y = conv1d_frames(zero_padding(x, lengths), self.upsample_conv, impl)
+        # (B, T, upsample * C) -> (B, upsample * T, C): input frame t
+        # becomes output frames upsample*t ... upsample*t+7.
+        y = y.reshape(batch, frames * self.upsample, self.channels)
         y = self.upsample_dropout(torch.relu(self.upsample_norm(y)))
         out_lengths = self.output_lengths(lengths)
         for block in self.blocks:
-            y = block(y, out_lengths)
+            y = block(y, out_lengths, impl)
         return self.output(y), out_lengths
 
 
@@ -239,8 +246,8 @@ def ctc_representation(encoder, layer_sum, feats, feat_lens):
 
     Example
     -------
-    >>> from s3l_plugin.encoder import S3LEncoder
-    >>> config = dict(S3LEncoder.tiny_config(), transf2_layers=2)
+    >>> from s3l_plugin.encoder import S3LEncoder, architecture
+    >>> config = dict(architecture("toy"), transf2_layers=2)
     >>> encoder = S3LEncoder(**config).eval()
     >>> x, lens = ctc_representation(
     ...     encoder, WeightedLayerSum(2), torch.randn(2, 101, 16),
@@ -274,8 +281,8 @@ class S3LCTC(nn.Module):
 
     Example
     -------
-    >>> from s3l_plugin.encoder import S3LEncoder
-    >>> encoder = S3LEncoder(**dict(S3LEncoder.tiny_config(), transf2_layers=2))
+    >>> from s3l_plugin.encoder import S3LEncoder, architecture
+    >>> encoder = S3LEncoder(**dict(architecture("toy"), transf2_layers=2))
     >>> model = S3LCTC(encoder, CTCHead(16, channels=8, vocab_size=5),
     ...                freeze_encoder=True)
     >>> logits, lengths = model(torch.randn(2, 101, 16), torch.tensor([101, 60]))
@@ -442,34 +449,11 @@ def ctc_feasible(tokens, frames):
     return len(tokens) + repeats <= frames
 
 
-def relative_lengths(lengths, max_len):
-    """Absolute lengths as SpeechBrain relative lengths (in (0, 1]).
-
-    Arguments
-    ---------
-    lengths : torch.Tensor
-        (B,) absolute lengths.
-    max_len : int
-        The padded length.
-
-    Returns
-    -------
-    torch.Tensor
-        (B,) float64, ``lengths / max_len`` (float64 so that
-        ``round(rel * max_len)`` gives back the exact length).
-
-    Example
-    -------
-    >>> relative_lengths(torch.tensor([3, 6]), 6).tolist()
-    [0.5, 1.0]
-    """
-    return lengths.double() / max_len
-
-
 def greedy_decode(logits, lengths, blank=0):
     """Best-path CTC decoding: argmax, collapse repeats, drop blanks.
 
-    Uses SpeechBrain's ``ctc_greedy_decode`` over the valid frames only.
+    Over each utterance's valid frames only; the collapsing is
+    SpeechBrain's ``filter_ctc_output``.
 
     Arguments
     ---------
@@ -489,8 +473,11 @@ def greedy_decode(logits, lengths, blank=0):
     -------
     >>> ids = torch.tensor([[1, 1, 0, 1, 2, 2, 0, 0]])
     >>> logits = F.one_hot(ids, 3).float()
-    >>> greedy_decode(logits, torch.tensor([8]))
-    [[1, 1, 2]]
+    >>> greedy_decode(logits, torch.tensor([8])), greedy_decode(logits, [4])
+    ([[1, 1, 2]], [[1, 1]])
     """
-    rel = relative_lengths(lengths.to(logits.device), logits.shape[1])
-    return ctc_greedy_decode(logits.detach().float(), rel, blank_id=blank)
+    best = logits.detach().argmax(dim=-1).cpu().tolist()
+    return [
+        filter_ctc_output(path[:length], blank_id=blank)
+        for path, length in zip(best, torch.as_tensor(lengths).tolist())
+    ]

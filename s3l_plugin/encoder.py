@@ -1,330 +1,183 @@
-"""The S3LSpeech encoder: a SPIRAL-style conv / transformer stack (SPEC 2).
+"""The S3LSpeech encoder: architecture, assembly and factories (SPEC 2).
 
 log-mels (10 ms) -> conv1 (x4 down) -> transf1 -> conv2 (x2 down) -> transf2,
 512-d every 80 ms, plus a 512 -> 256 projection kept as ``proj`` for the
 pretraining targets. Padding is masked everywhere, so an utterance's outputs
 never depend on what else is in its batch.
 
+``EncoderArchitecture`` lists the arguments that fix the parameters and the
+function computed (saved as ``encoder_config.json``); the other
+``S3LEncoder`` arguments are training (dropout) and runtime
+(``attention_backend``, ``conv_impl``, see ``s3l_plugin.runtime``) options.
+The building blocks live in ``features``, ``conv`` and ``transformer``;
+``s3l_base`` and ``s3l_tiny`` build the paper's size and the CPU demo's.
+
 Authors
  * S3L contributors 2025
 """
 
+import dataclasses
 import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from s3l_plugin.attention import MultiHeadSelfAttention, make_padding_mask
-from s3l_plugin.conv import ConvStack, check_conv_impl, zero_padding
+from s3l_plugin.conv import ConvStack
 from s3l_plugin.features import MelFeatures
-from s3l_plugin.fft_conv import fft_conv1d
+from s3l_plugin.runtime import check_choice
+from s3l_plugin.transformer import TransformerStack, init_bert_linears
 
-CONV_IMPLS = ("auto", "fft", "direct")
-# Above this many frames the FFT forward alone (the teacher's) stops
-# beating oneDNN's direct grouped convolution on CPU; forward + backward
-# stays faster up to at least 1500 frames (benchmarks/train_step.py).
-FFT_NO_GRAD_MAX_FRAMES = 512
-
-
-def init_bert_linears(module):
-    """BERT initialisation of every ``nn.Linear`` in ``module``.
-
-    Weights N(0, 0.02), biases 0; other layers keep their defaults.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        Module initialised in place.
-
-    Example
-    -------
-    >>> layer = nn.Sequential(nn.Linear(512, 512))
-    >>> init_bert_linears(layer)
-    >>> round(layer[0].weight.std().item(), 2), layer[0].bias.abs().sum().item()
-    (0.02, 0.0)
-    """
-    for submodule in module.modules():
-        if isinstance(submodule, nn.Linear):
-            nn.init.normal_(submodule.weight, mean=0.0, std=0.02)
-            if submodule.bias is not None:
-                nn.init.zeros_(submodule.bias)
+CONV1_KERNELS = (5, 5, 1)
+CONV1_STRIDES = (2, 2, 1)
+CONV2_KERNELS = (5, 1)
+CONV2_STRIDES = (2, 1)
 
 
-class ConvPositionalEmbedding(nn.Module):
-    """Convolutional relative positional embedding (wav2vec 2.0 style).
+@dataclasses.dataclass(frozen=True)
+class EncoderArchitecture:
+    """What fixes an ``S3LEncoder``'s parameters and function.
 
-    Grouped Conv1d with weight normalisation over the kernel axis, padding
-    ``kernel_size // 2`` (the extra last frame of an even kernel dropped),
-    then GELU. Padded input frames are zeroed first so that they look like
-    the end of the utterance.
+    The defaults are the paper's size (about 23 M parameters). Sequences
+    become tuples; the last channels of both conv stacks must equal
+    ``d_model``.
 
-    With 128 taps, computing the convolution through real FFTs
-    (``fft_conv1d``) is 2-2.6x faster forward + backward on CPU at the
-    encoder's lengths, for the same parameters and result (float32
-    rounding aside).
-
-    Arguments
-    ---------
+    Attributes
+    ----------
+    n_mels : int
+        Mel channels of the features.
     d_model : int
-        Channels in and out.
-    kernel_size : int
-        Kernel size.
-    groups : int
-        Convolution groups; must divide ``d_model``.
-    conv_impl : str
-        ``"fft"``, ``"direct"`` (``nn.Conv1d``) or ``"auto"``: FFT on CPU
-        when gradients are needed or for up to ``FFT_NO_GRAD_MAX_FRAMES``
-        frames, direct otherwise and on GPUs (cuDNN; not yet measured).
-
-    Example
-    -------
-    >>> pos_conv = ConvPositionalEmbedding(16, kernel_size=8, groups=4)
-    >>> pos_conv(torch.randn(2, 10, 16), torch.tensor([10, 6])).shape
-    torch.Size([2, 10, 16])
-    """
-
-    def __init__(
-        self, d_model=512, kernel_size=128, groups=16, conv_impl="auto"
-    ):
-        super().__init__()
-        check_conv_impl(conv_impl, CONV_IMPLS)
-        self.conv_impl = conv_impl
-        conv = nn.Conv1d(
-            d_model,
-            d_model,
-            kernel_size,
-            padding=kernel_size // 2,
-            groups=groups,
-        )
-        self.conv = nn.utils.parametrizations.weight_norm(
-            conv, name="weight", dim=2
-        )
-        self.drop_last = kernel_size % 2 == 0
-        self.activation = nn.GELU()
-
-    def forward(self, x, lengths=None):
-        """Computes the positional embedding.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            (B, T, d_model) inputs.
-        lengths : torch.Tensor, optional
-            (B,) long valid frames; None means no padding.
-
-        Returns
-        -------
-        torch.Tensor
-            (B, T, d_model) embedding.
-        """
-        if lengths is not None:
-            x = zero_padding(x, lengths)
-        if self._use_fft(x):
-            y = fft_conv1d(
-                x,
-                self.conv.weight,
-                self.conv.bias,
-                self.conv.padding[0],
-                self.conv.groups,
-            )
-        else:
-            y = self.conv(x.transpose(1, 2)).transpose(1, 2)
-        if self.drop_last:
-            y = y[:, :-1]
-        return self.activation(y)
-
-    def _use_fft(self, x):
-        """Whether this call runs ``fft_conv1d`` (see ``conv_impl``)."""
-        if self.conv_impl != "auto":
-            return self.conv_impl == "fft"
-        if x.device.type != "cpu":
-            return False
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad
-            or any(p.requires_grad for p in self.conv.parameters())
-        )
-        return needs_grad or x.shape[1] <= FFT_NO_GRAD_MAX_FRAMES
-
-
-class TransformerLayer(nn.Module):
-    """Post-LN transformer encoder layer.
-
-    ``x = LN(x + dropout(attention(x)))``, then
-    ``x = LN(x + dropout(FFN(x)))`` with FFN Linear -> GELU -> dropout
-    (``activation_dropout``) -> Linear.
-
-    Arguments
-    ---------
-    d_model : int
-        Model dimension.
-    nhead : int
-        Attention heads.
-    d_ffn : int
-        Hidden size of the feed-forward network.
-    dropout : float
-        Dropout on the attention and FFN outputs.
-    attention_dropout : float
-        Dropout on the attention probabilities.
-    activation_dropout : float
-        Dropout after the FFN's GELU (0 in the reference).
-    backend : str
-        Attention backend, see ``MultiHeadSelfAttention``.
-
-    Example
-    -------
-    >>> layer = TransformerLayer(16, 4, 32, backend="sdpa")
-    >>> layer(torch.randn(2, 5, 16), make_padding_mask(torch.tensor([5, 2]))).shape
-    torch.Size([2, 5, 16])
-    """
-
-    def __init__(
-        self,
-        d_model=512,
-        nhead=8,
-        d_ffn=2048,
-        dropout=0.1,
-        attention_dropout=0.1,
-        activation_dropout=0.0,
-        backend="auto",
-    ):
-        super().__init__()
-        self.attention = MultiHeadSelfAttention(
-            d_model, nhead, attention_dropout, backend
-        )
-        self.attention_dropout = nn.Dropout(dropout)
-        self.attention_norm = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, d_ffn),
-            nn.GELU(),
-            nn.Dropout(activation_dropout),
-            nn.Linear(d_ffn, d_model),
-        )
-        self.ffn_dropout = nn.Dropout(dropout)
-        self.ffn_norm = nn.LayerNorm(d_model)
-
-    def forward(self, x, key_padding_mask=None):
-        """Applies the layer.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            (B, T, d_model) inputs.
-        key_padding_mask : torch.Tensor, optional
-            (B, T) bool, True on padding.
-
-        Returns
-        -------
-        torch.Tensor
-            (B, T, d_model) outputs (meaningless on padded frames).
-        """
-        attended = self.attention(x, key_padding_mask)
-        x = self.attention_norm(x + self.attention_dropout(attended))
-        return self.ffn_norm(x + self.ffn_dropout(self.ffn(x)))
-
-
-class TransformerStack(nn.Module):
-    """Positional convolution, LayerNorm, dropout, then transformer layers.
-
-    Linear layers get the BERT initialisation. Padded frames of every
-    layer output are zeroed.
-
-    Arguments
-    ---------
-    num_layers : int
-        Transformer layers.
-    d_model : int
-        Model dimension.
+        Transformer dimension (the last channels of both conv stacks).
     nhead : int
         Attention heads.
     d_ffn : int
         Feed-forward hidden size.
-    dropout : float
-        Dropout after the input LayerNorm and in each layer.
-    attention_dropout : float
-        Dropout on the attention probabilities.
+    conv1_channels : tuple of int
+        Channels of conv1's three layers (kernels 5, 5, 1; strides 2, 2, 1).
+    conv2_channels : tuple of int
+        Channels of conv2's two layers (kernels 5, 1; strides 2, 1).
+    transf1_layers : int
+        Transformer layers after conv1.
+    transf2_layers : int
+        Transformer layers after conv2.
+    proj_dim : int
+        Output size of ``proj``.
     pos_conv_kernel : int
-        Kernel of the positional convolution.
+        Kernel of the positional convolutions.
     pos_conv_groups : int
-        Groups of the positional convolution.
-    backend : str
-        Attention backend.
-    activation_dropout : float
-        Dropout after each FFN's GELU.
-    conv_impl : str
-        Positional convolution implementation (``ConvPositionalEmbedding``).
+        Groups of the positional convolutions.
+    normalize_features : bool
+        Per-utterance mean/variance normalisation of the features (off in
+        the reference). No parameter depends on it, but weights trained
+        with one setting are wrong for the other, so it is architecture.
 
     Example
     -------
-    >>> stack = TransformerStack(2, 16, 4, 32, pos_conv_kernel=8, pos_conv_groups=4)
-    >>> out, layers = stack(torch.randn(2, 10, 16), torch.tensor([10, 6]))
-    >>> out.shape, len(layers), bool((out[1, 6:] == 0).all())
-    (torch.Size([2, 10, 16]), 2, True)
+    >>> EncoderArchitecture(d_model=16)
+    Traceback (most recent call last):
+    ...
+    ValueError: The last conv1 and conv2 channels must equal d_model (16), ...
+    >>> ARCHITECTURES["tiny"].d_model
+    128
     """
 
-    def __init__(
-        self,
-        num_layers=2,
-        d_model=512,
-        nhead=8,
-        d_ffn=2048,
-        dropout=0.1,
-        attention_dropout=0.1,
-        pos_conv_kernel=128,
-        pos_conv_groups=16,
-        backend="auto",
-        activation_dropout=0.0,
-        conv_impl="auto",
-    ):
-        super().__init__()
-        self.pos_conv = ConvPositionalEmbedding(
-            d_model, pos_conv_kernel, pos_conv_groups, conv_impl
-        )
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(
-            TransformerLayer(
-                d_model,
-                nhead,
-                d_ffn,
-                dropout,
-                attention_dropout,
-                activation_dropout,
-                backend,
+    n_mels: int = 128
+    d_model: int = 512
+    nhead: int = 8
+    d_ffn: int = 2048
+    conv1_channels: tuple = (384, 512, 512)
+    conv2_channels: tuple = (1536, 512)
+    transf1_layers: int = 2
+    transf2_layers: int = 2
+    proj_dim: int = 256
+    pos_conv_kernel: int = 128
+    pos_conv_groups: int = 16
+    normalize_features: bool = False
+
+    def __post_init__(self):
+        for name in ("conv1_channels", "conv2_channels"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.d_model != self.conv1_channels[-1] or (
+            self.conv2_channels[-1] != self.d_model
+        ):
+            raise ValueError(
+                "The last conv1 and conv2 channels must equal d_model "
+                f"({self.d_model}), got {self.conv1_channels} and "
+                f"{self.conv2_channels}"
             )
-            for _ in range(num_layers)
+
+    @classmethod
+    def keys(cls):
+        """The field names, in order."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def to_dict(self):
+        """The fields as a dict (sequences as lists, as JSON keeps them)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+
+ARCHITECTURES = {
+    # The paper's encoder (SPEC 2).
+    "base": EncoderArchitecture(),
+    # The CPU demo's (hparams/s3l_tiny.yaml): 128-d, 1 + 2 layers.
+    "tiny": EncoderArchitecture(
+        d_model=128,
+        nhead=4,
+        d_ffn=256,
+        conv1_channels=(96, 128, 128),
+        conv2_channels=(256, 128),
+        transf1_layers=1,
+        transf2_layers=2,
+        proj_dim=64,
+        pos_conv_kernel=32,
+        pos_conv_groups=8,
+    ),
+    # 16-d, for examples and tests.
+    "toy": EncoderArchitecture(
+        n_mels=16,
+        d_model=16,
+        nhead=2,
+        d_ffn=32,
+        conv1_channels=(16, 16, 16),
+        conv2_channels=(32, 16),
+        transf1_layers=1,
+        transf2_layers=1,
+        proj_dim=16,
+        pos_conv_kernel=8,
+        pos_conv_groups=2,
+    ),
+}
+
+
+def architecture(size="base", **changes):
+    """``S3LEncoder`` architecture arguments of a named size.
+
+    Arguments
+    ---------
+    size : str
+        ``"base"`` (the paper's), ``"tiny"`` (the CPU demo's) or ``"toy"``
+        (16-d, for examples and tests).
+    **changes
+        Fields replacing the size's.
+
+    Returns
+    -------
+    dict
+
+    Example
+    -------
+    >>> architecture("toy", transf2_layers=2)["transf2_layers"]
+    2
+    """
+    if size not in ARCHITECTURES:
+        raise ValueError(
+            f"Unknown encoder size {size!r}; known: {sorted(ARCHITECTURES)}"
         )
-        init_bert_linears(self)
-
-    def forward(self, x, lengths):
-        """Encodes a padded batch.
-
-        Arguments
-        ---------
-        x : torch.Tensor
-            (B, T, d_model) inputs.
-        lengths : torch.Tensor
-            (B,) long valid frames.
-
-        Returns
-        -------
-        out : torch.Tensor
-            (B, T, d_model) last layer's output (the input stage's if
-            there are no layers), 0 on padded frames.
-        layers : list of torch.Tensor
-            Each layer's (B, T, d_model) output, 0 on padded frames.
-        """
-        x = zero_padding(x, lengths)
-        x = self.dropout(self.norm(x + self.pos_conv(x, lengths)))
-        key_padding_mask = make_padding_mask(lengths, x.shape[1])
-        frame_padding = key_padding_mask.unsqueeze(-1)
-        layers = []
-        for layer in self.layers:
-            # Zeroing padded frames is not needed for the valid frames
-            # (padded keys are masked) but makes every backend agree there.
-            x = layer(x, key_padding_mask).masked_fill(frame_padding, 0.0)
-            layers.append(x)
-        return x.masked_fill(frame_padding, 0.0), layers
+    chosen = dataclasses.replace(ARCHITECTURES[size], **changes)
+    return dataclasses.asdict(chosen)
 
 
 class EncoderOutput(NamedTuple):
@@ -360,50 +213,27 @@ class S3LEncoder(nn.Module):
 
     Arguments
     ---------
-    n_mels : int
-        Mel channels of the features.
-    d_model : int
-        Transformer dimension (the last channels of both conv stacks).
-    nhead : int
-        Attention heads.
-    d_ffn : int
-        Feed-forward hidden size.
-    conv1_channels : sequence of int
-        Channels of conv1's three layers (kernels 5, 5, 1; strides 2, 2, 1).
-    conv2_channels : sequence of int
-        Channels of conv2's two layers (kernels 5, 1; strides 2, 1).
-    transf1_layers : int
-        Transformer layers after conv1.
-    transf2_layers : int
-        Transformer layers after conv2.
-    proj_dim : int
-        Output size of ``proj``.
     dropout : float
         Transformer dropout.
     attention_dropout : float
         Dropout on the attention probabilities.
-    attention_backend : str
-        ``"auto"``, ``"flash_attn"``, ``"sdpa"`` or ``"math"``.
-    pos_conv_kernel : int
-        Kernel of the positional convolutions.
-    pos_conv_groups : int
-        Groups of the positional convolutions.
     activation_dropout : float
         Dropout after each FFN's GELU (0 in the reference).
     conv_dropout : float
         Dropout after each conv block's ReLU (0 in the reference).
-    normalize_features : bool
-        Per-utterance mean/variance normalisation of the features (off in
-        the reference).
+    attention_backend : str
+        ``"auto"``, ``"flash_attn"``, ``"sdpa"`` or ``"math"``
+        (``s3l_plugin.runtime``).
     conv_impl : str
-        How convolutions run, same parameters and results either way:
-        ``"auto"`` (conv stacks as unfolded matrix products, positional
-        convolutions through FFTs on CPU), ``"fft"`` (FFTs on every
-        device) or ``"direct"`` (``nn.Conv1d`` everywhere, the baseline).
+        ``"auto"``, ``"fft"`` or ``"direct"`` (``nn.Conv1d`` everywhere,
+        the baseline); same parameters and results either way.
+    **architecture
+        The fields of ``EncoderArchitecture`` (default: the paper's size),
+        kept as ``self.architecture``.
 
     Example
     -------
-    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config()).eval()
+    >>> encoder = S3LEncoder(**architecture("toy")).eval()
     >>> out = encoder(torch.randn(2, 8000), torch.tensor([1.0, 0.7]))
     >>> out.shape, bool((out[1, 1:] == 0).all())
     (torch.Size([2, 3, 16]), True)
@@ -411,164 +241,77 @@ class S3LEncoder(nn.Module):
     (tensor([3, 1]), 29)
     """
 
-    CONV1_KERNELS = (5, 5, 1)
-    CONV1_STRIDES = (2, 2, 1)
-    CONV2_KERNELS = (5, 1)
-    CONV2_STRIDES = (2, 1)
     downsampling = math.prod(CONV1_STRIDES + CONV2_STRIDES)
 
     def __init__(
         self,
-        n_mels=128,
-        d_model=512,
-        nhead=8,
-        d_ffn=2048,
-        conv1_channels=(384, 512, 512),
-        conv2_channels=(1536, 512),
-        transf1_layers=2,
-        transf2_layers=2,
-        proj_dim=256,
         dropout=0.1,
         attention_dropout=0.1,
-        attention_backend="auto",
-        pos_conv_kernel=128,
-        pos_conv_groups=16,
         activation_dropout=0.0,
         conv_dropout=0.0,
-        normalize_features=False,
+        attention_backend="auto",
         conv_impl="auto",
+        **architecture,
     ):
         super().__init__()
-        check_conv_impl(conv_impl, CONV_IMPLS)
-        conv1_channels, conv2_channels = (
-            tuple(conv1_channels),
-            tuple(conv2_channels),
+        try:
+            arch = EncoderArchitecture(**architecture)
+        except TypeError:
+            unknown = set(architecture) - set(EncoderArchitecture.keys())
+            raise TypeError(
+                f"S3LEncoder got unknown arguments {sorted(unknown)}; the "
+                f"architecture keys are {list(EncoderArchitecture.keys())}"
+            ) from None
+        self.architecture = arch
+        self.attention_backend = check_choice(
+            "attention_backend", attention_backend
         )
-        if conv1_channels[-1] != d_model or conv2_channels[-1] != d_model:
-            raise ValueError(
-                "The last conv1 and conv2 channels must equal d_model "
-                f"({d_model}), got {conv1_channels} and {conv2_channels}"
-            )
-        self.config = {
-            "n_mels": n_mels,
-            "d_model": d_model,
-            "nhead": nhead,
-            "d_ffn": d_ffn,
-            "conv1_channels": conv1_channels,
-            "conv2_channels": conv2_channels,
-            "transf1_layers": transf1_layers,
-            "transf2_layers": transf2_layers,
-            "proj_dim": proj_dim,
-            "dropout": dropout,
-            "attention_dropout": attention_dropout,
-            "attention_backend": attention_backend,
-            "pos_conv_kernel": pos_conv_kernel,
-            "pos_conv_groups": pos_conv_groups,
-            "activation_dropout": activation_dropout,
-            "conv_dropout": conv_dropout,
-            "normalize_features": normalize_features,
-            "conv_impl": conv_impl,
-        }
-        stack_impl = "direct" if conv_impl == "direct" else "matmul"
-        self.features = MelFeatures(n_mels=n_mels, normalize=normalize_features)
+        self.conv_impl = check_choice("conv_impl", conv_impl)
+        self.features = MelFeatures(
+            n_mels=arch.n_mels, normalize=arch.normalize_features
+        )
         self.conv1 = ConvStack(
-            n_mels,
-            conv1_channels,
-            self.CONV1_KERNELS,
-            self.CONV1_STRIDES,
+            arch.n_mels,
+            arch.conv1_channels,
+            CONV1_KERNELS,
+            CONV1_STRIDES,
             dropout=conv_dropout,
-            conv_impl=stack_impl,
+            conv_impl=conv_impl,
         )
         transformer = {
-            "d_model": d_model,
-            "nhead": nhead,
-            "d_ffn": d_ffn,
+            "d_model": arch.d_model,
+            "nhead": arch.nhead,
+            "d_ffn": arch.d_ffn,
             "dropout": dropout,
             "attention_dropout": attention_dropout,
-            "pos_conv_kernel": pos_conv_kernel,
-            "pos_conv_groups": pos_conv_groups,
+            "pos_conv_kernel": arch.pos_conv_kernel,
+            "pos_conv_groups": arch.pos_conv_groups,
             "backend": attention_backend,
             "activation_dropout": activation_dropout,
             "conv_impl": conv_impl,
         }
-        self.transf1 = TransformerStack(transf1_layers, **transformer)
+        self.transf1 = TransformerStack(arch.transf1_layers, **transformer)
         self.conv2 = ConvStack(
-            d_model,
-            conv2_channels,
-            self.CONV2_KERNELS,
-            self.CONV2_STRIDES,
+            arch.d_model,
+            arch.conv2_channels,
+            CONV2_KERNELS,
+            CONV2_STRIDES,
             dropout=conv_dropout,
-            conv_impl=stack_impl,
+            conv_impl=conv_impl,
         )
-        self.transf2 = TransformerStack(transf2_layers, **transformer)
-        self.proj = nn.Linear(d_model, proj_dim)
+        self.transf2 = TransformerStack(arch.transf2_layers, **transformer)
+        self.proj = nn.Linear(arch.d_model, arch.proj_dim)
         init_bert_linears(self.proj)
+
+    @property
+    def config(self):
+        """The architecture as a dict (what ``encoder_config.json`` holds)."""
+        return self.architecture.to_dict()
 
     @staticmethod
     def tiny_config():
-        """Constructor arguments of a tiny encoder for tests and examples.
-
-        Returns
-        -------
-        dict
-            16 mels, d_model 16, one layer per transformer, proj_dim 16.
-
-        Example
-        -------
-        >>> S3LEncoder.tiny_config()["proj_dim"]
-        16
-        """
-        return {
-            "n_mels": 16,
-            "d_model": 16,
-            "nhead": 2,
-            "d_ffn": 32,
-            "conv1_channels": (16, 16, 16),
-            "conv2_channels": (32, 16),
-            "transf1_layers": 1,
-            "transf2_layers": 1,
-            "proj_dim": 16,
-            "pos_conv_kernel": 8,
-            "pos_conv_groups": 2,
-        }
-
-    def compile_layers(self, dynamic=True, **compile_kwargs):
-        """Compiles the conv and transformer stacks with ``torch.compile``.
-
-        Each of ``conv1``, ``transf1``, ``conv2`` and ``transf2`` is
-        compiled in place (``nn.Module.compile``), so parameter names,
-        checkpoints and the EMA teacher's matching are unchanged; the
-        features, the length check and the projection stay eager. With
-        ``dynamic=True`` (the default) one graph serves every batch shape.
-        A deep copy (the ``EMATeacher``'s) is not compiled: call this on
-        the teacher's encoder too (``compile_s3l`` does both). Raises
-        dynamo's ``recompile_limit`` to at least 64: student and teacher,
-        training and validation, conv1 and conv2 each need their own graph
-        of the same code, and past the limit dynamo silently runs eager.
-
-        Arguments
-        ---------
-        dynamic : bool
-            Dynamic shapes (``torch.compile(dynamic=...)``).
-        **compile_kwargs
-            Passed to ``torch.compile`` (e.g. ``mode``, ``backend``).
-
-        Returns
-        -------
-        S3LEncoder
-            ``self``.
-
-        Example
-        -------
-        >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
-        >>> encoder.compile_layers(backend="eager") is encoder
-        True
-        """
-        config = torch._dynamo.config
-        config.recompile_limit = max(config.recompile_limit, 64)
-        for module in (self.conv1, self.transf1, self.conv2, self.transf2):
-            module.compile(dynamic=dynamic, **compile_kwargs)
-        return self
+        """Deprecated: ``architecture("toy")``, kept for older tests."""
+        return architecture("toy")
 
     @property
     def min_input_frames(self):
@@ -597,7 +340,7 @@ class S3LEncoder(nn.Module):
 
         Example
         -------
-        >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+        >>> encoder = S3LEncoder(**architecture("toy"))
         >>> encoder.output_lengths(torch.tensor([29, 36, 37, 101]))
         tensor([ 1,  1,  2, 10])
         """
@@ -666,3 +409,44 @@ class S3LEncoder(nn.Module):
                 f"utterance for one output frame; got {shortest}. Filter out "
                 "shorter utterances."
             )
+
+
+def s3l_base(**options):
+    """The paper's encoder (about 23 M parameters).
+
+    Arguments
+    ---------
+    **options
+        Non-architecture ``S3LEncoder`` arguments (dropouts,
+        ``attention_backend``, ``conv_impl``).
+
+    Returns
+    -------
+    S3LEncoder
+
+    Example
+    -------
+    >>> s3l_base().architecture.d_model
+    512
+    """
+    return S3LEncoder(**options, **architecture("base"))
+
+
+def s3l_tiny(**options):
+    """The CPU demo's 128-d encoder (``hparams/s3l_tiny.yaml``).
+
+    Arguments
+    ---------
+    **options
+        Non-architecture ``S3LEncoder`` arguments.
+
+    Returns
+    -------
+    S3LEncoder
+
+    Example
+    -------
+    >>> s3l_tiny(conv_impl="direct").architecture.proj_dim
+    64
+    """
+    return S3LEncoder(**options, **architecture("tiny"))

@@ -27,6 +27,8 @@ class Predictor(nn.Module):
         Kernel size of each layer ('same' padding, stride 1).
     dropout : float
         Dropout after each hidden layer's ReLU.
+    conv_impl : str
+        ``"auto"``, ``"fft"`` or ``"direct"`` (``s3l_plugin.runtime``).
 
     Example
     -------
@@ -43,6 +45,7 @@ class Predictor(nn.Module):
         channels=(256, 256, 256),
         kernels=(5, 5, 1),
         dropout=0.1,
+        conv_impl="auto",
     ):
         super().__init__()
         self.layers = ConvStack(
@@ -52,6 +55,7 @@ class Predictor(nn.Module):
             padding="same",
             dropout=dropout,
             last_activation=False,
+            conv_impl=conv_impl,
         )
 
     def forward(self, x, lengths):

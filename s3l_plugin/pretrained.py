@@ -1,14 +1,16 @@
-"""Saving, loading and using a pretrained S3L encoder.
+"""Building, saving, loading and using a pretrained S3L encoder.
 
 A pretrained encoder is a folder holding two files:
 
 - ``encoder.ckpt``: the student ``S3LEncoder``'s ``state_dict`` (torch.save);
-- ``encoder_config.json``: the ``S3LEncoder`` constructor arguments.
+- ``encoder_config.json``: its architecture (``EncoderArchitecture``), and
+  nothing else: dropouts and the runtime knobs are chosen by whoever uses
+  it. Keys of other kinds in older files are ignored.
 
-``load_encoder`` rebuilds the encoder from both; ``transfer_encoder`` is the
-same strict, checked load as a SpeechBrain ``Pretrainer`` hook, for recipes
-that build the encoder from YAML. ``extract_features`` gives the
-per-layer representations of waveforms.
+``build_encoder`` builds an (unloaded) encoder from such a folder or a named
+size, for YAML (``!apply:``); ``transfer_encoder`` is the strict, checked
+load as a SpeechBrain ``Pretrainer`` hook; ``load_encoder`` does both;
+``extract_features`` gives the per-layer representations of waveforms.
 
 Authors
  * S3L contributors 2025
@@ -22,27 +24,13 @@ import torch
 
 from s3l_plugin.data.atomic import atomic_path, write_text_atomic
 from s3l_plugin.data.audio import load_audio
-from s3l_plugin.encoder import S3LEncoder
+from s3l_plugin.encoder import EncoderArchitecture, S3LEncoder, architecture
 
 logger = logging.getLogger(__name__)
 
 CKPT_FILE = "encoder.ckpt"
 CONFIG_FILE = "encoder_config.json"
-# Constructor arguments that change the parameters (names or shapes).
-ARCHITECTURE_KEYS = (
-    "n_mels",
-    "d_model",
-    "nhead",
-    "d_ffn",
-    "conv1_channels",
-    "conv2_channels",
-    "transf1_layers",
-    "transf2_layers",
-    "proj_dim",
-    "pos_conv_kernel",
-    "pos_conv_groups",
-    "normalize_features",
-)
+ARCHITECTURE_KEYS = EncoderArchitecture.keys()
 
 
 class CheckpointMismatchError(ValueError):
@@ -52,14 +40,6 @@ class CheckpointMismatchError(ValueError):
 def _unwrap(module):
     """The module inside a DistributedDataParallel / DataParallel wrapper."""
     return getattr(module, "module", module)
-
-
-def _jsonable(config):
-    """Tuples to lists, so the JSON reads back as it was written."""
-    return {
-        key: list(value) if isinstance(value, tuple) else value
-        for key, value in config.items()
-    }
 
 
 def save_encoder(encoder, folder, config=None):
@@ -72,7 +52,7 @@ def save_encoder(encoder, folder, config=None):
     folder : str
         Output folder (created if needed).
     config : dict, optional
-        Constructor arguments; default ``encoder.config``.
+        Architecture; default ``encoder.config``.
 
     Returns
     -------
@@ -82,7 +62,7 @@ def save_encoder(encoder, folder, config=None):
     Example
     -------
     >>> import tempfile
-    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> encoder = S3LEncoder(**architecture("toy"))
     >>> folder = tempfile.mkdtemp()
     >>> os.path.basename(save_encoder(encoder, folder))
     'encoder.ckpt'
@@ -94,15 +74,16 @@ def save_encoder(encoder, folder, config=None):
         config = getattr(encoder, "config", None)
     if config is None:
         raise ValueError(
-            f"{type(encoder).__name__} has no `config`: pass the constructor "
-            "arguments as save_encoder(encoder, folder, config)"
+            f"{type(encoder).__name__} has no `config`: pass its "
+            "architecture as save_encoder(encoder, folder, config)"
         )
     os.makedirs(folder, exist_ok=True)
     ckpt_path = os.path.join(folder, CKPT_FILE)
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     with atomic_path(ckpt_path) as tmp_path:
         torch.save(state, tmp_path)
-    text = json.dumps(_jsonable(config), indent=2, sort_keys=True) + "\n"
+    config = EncoderArchitecture(**architecture_of(config)).to_dict()
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     write_text_atomic(os.path.join(folder, CONFIG_FILE), text)
     return ckpt_path
 
@@ -154,7 +135,7 @@ def encoder_files(path):
 
 
 def read_encoder_config(path):
-    """The ``S3LEncoder`` constructor arguments of a pretrained encoder.
+    """The ``encoder_config.json`` of a pretrained encoder, as saved.
 
     Arguments
     ---------
@@ -169,7 +150,7 @@ def read_encoder_config(path):
     -------
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
-    >>> _ = save_encoder(S3LEncoder(**S3LEncoder.tiny_config()), folder)
+    >>> _ = save_encoder(S3LEncoder(**architecture("toy")), folder)
     >>> read_encoder_config(folder)["d_model"]
     16
     """
@@ -187,13 +168,34 @@ def read_encoder_config(path):
     return config
 
 
+def architecture_of(config):
+    """The architecture keys of a config (older files hold more).
+
+    Arguments
+    ---------
+    config : dict
+        ``encoder_config.json`` contents or ``S3LEncoder`` arguments.
+
+    Returns
+    -------
+    dict
+        The items whose keys are ``ARCHITECTURE_KEYS``.
+
+    Example
+    -------
+    >>> architecture_of({"d_model": 16, "conv_impl": "fft", "dropout": 0.1})
+    {'d_model': 16}
+    """
+    return {k: v for k, v in config.items() if k in ARCHITECTURE_KEYS}
+
+
 def architecture_mismatches(config, reference):
     """Architecture arguments whose values differ between two configs.
 
     Arguments
     ---------
     config : dict
-        ``S3LEncoder`` constructor arguments (e.g. the YAML's).
+        ``S3LEncoder`` arguments (e.g. the YAML's).
     reference : dict
         Others (e.g. a checkpoint's ``encoder_config.json``).
 
@@ -202,18 +204,18 @@ def architecture_mismatches(config, reference):
     list of str
         ``"key: value vs reference_value"`` for each differing key of
         ``ARCHITECTURE_KEYS`` (a key missing on either side uses the
-        ``S3LEncoder`` default).
+        ``EncoderArchitecture`` default).
 
     Example
     -------
     >>> architecture_mismatches({"d_model": 16}, {"d_model": 32})
     ['d_model: 16 vs 32']
     """
-    defaults = _encoder_defaults()
+    defaults = EncoderArchitecture()
     mismatches = []
     for key in ARCHITECTURE_KEYS:
-        ours = _normal(config.get(key, defaults[key]))
-        theirs = _normal(reference.get(key, defaults[key]))
+        ours = _normal(config.get(key, getattr(defaults, key)))
+        theirs = _normal(reference.get(key, getattr(defaults, key)))
         if ours != theirs:
             mismatches.append(f"{key}: {ours} vs {theirs}")
     return mismatches
@@ -223,16 +225,59 @@ def _normal(value):
     return list(value) if isinstance(value, (tuple, list)) else value
 
 
-def _encoder_defaults():
-    """S3LEncoder's constructor defaults (without building one)."""
-    import inspect
+def build_encoder(pretrained_path=None, size="tiny", **options):
+    """An ``S3LEncoder`` with a pretrained encoder's architecture, unloaded.
 
-    signature = inspect.signature(S3LEncoder.__init__)
-    return {
-        name: param.default
-        for name, param in signature.parameters.items()
-        if param.default is not inspect.Parameter.empty
-    }
+    For YAML: ``encoder: !apply:s3l_plugin.pretrained.build_encoder``; the
+    weights are loaded afterwards (``transfer_encoder``, a ``Pretrainer``).
+
+    Arguments
+    ---------
+    pretrained_path : str, optional
+        Folder with ``encoder_config.json`` (or the ``.ckpt`` beside it, or
+        the JSON itself); None builds the named ``size``.
+    size : str
+        ``"tiny"`` (the CPU demo's), ``"base"`` (the paper's) or ``"toy"``;
+        used only without ``pretrained_path``.
+    **options
+        Non-architecture ``S3LEncoder`` arguments: ``dropout``,
+        ``attention_dropout``, ``activation_dropout``, ``conv_dropout``,
+        ``attention_backend``, ``conv_impl``.
+
+    Returns
+    -------
+    S3LEncoder
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the missing file.
+    ValueError
+        If ``options`` holds an architecture key, or the JSON is invalid.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = save_encoder(S3LEncoder(**architecture("toy")), folder)
+    >>> build_encoder(folder, dropout=0.0).architecture.d_model
+    16
+    >>> build_encoder(size="base").architecture.d_model
+    512
+    """
+    fixed = sorted(set(options) & set(ARCHITECTURE_KEYS))
+    if fixed:
+        raise ValueError(
+            f"build_encoder: {fixed} are architecture keys, fixed by the "
+            "pretrained encoder's encoder_config.json or the size"
+        )
+    if pretrained_path is None:
+        return S3LEncoder(**options, **architecture(size))
+    config = read_encoder_config(pretrained_path)
+    try:
+        return S3LEncoder(**options, **architecture_of(config))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{pretrained_path}/{CONFIG_FILE}: {error}") from None
 
 
 def check_state_dict(module, state_dict, source="checkpoint"):
@@ -330,14 +375,14 @@ def transfer_encoder(obj, path):
     -------
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
-    >>> path = save_encoder(S3LEncoder(**S3LEncoder.tiny_config()), folder)
-    >>> transfer_encoder(S3LEncoder(**S3LEncoder.tiny_config()), path)
+    >>> path = save_encoder(S3LEncoder(**architecture("toy")), folder)
+    >>> transfer_encoder(S3LEncoder(**architecture("toy")), path)
     """
     load_state_dict_checked(obj, path)
     logger.info("Pretrained encoder loaded from %s", path)
 
 
-def load_encoder(path, map_location="cpu", **overrides):
+def load_encoder(path, map_location="cpu", **options):
     """Rebuilds a pretrained ``S3LEncoder``, in eval mode.
 
     Arguments
@@ -347,8 +392,8 @@ def load_encoder(path, map_location="cpu", **overrides):
         ``.ckpt`` file with the JSON beside it.
     map_location : str or torch.device
         Device of the returned encoder.
-    **overrides
-        Constructor arguments replacing the saved ones (e.g.
+    **options
+        Non-architecture ``S3LEncoder`` arguments (e.g.
         ``attention_backend="sdpa"``, ``dropout=0.0``).
 
     Returns
@@ -366,17 +411,13 @@ def load_encoder(path, map_location="cpu", **overrides):
     -------
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
-    >>> _ = save_encoder(S3LEncoder(**S3LEncoder.tiny_config()), folder)
+    >>> _ = save_encoder(S3LEncoder(**architecture("toy")), folder)
     >>> encoder = load_encoder(folder, attention_backend="sdpa")
-    >>> encoder.training, encoder.config["attention_backend"]
+    >>> encoder.training, encoder.attention_backend
     (False, 'sdpa')
     """
-    ckpt_path, config_path = encoder_files(path)
-    config = dict(read_encoder_config(config_path), **overrides)
-    try:
-        encoder = S3LEncoder(**config)
-    except TypeError as error:
-        raise ValueError(f"{config_path}: {error}") from None
+    ckpt_path, _ = encoder_files(path)
+    encoder = build_encoder(path, **options)
     load_state_dict_checked(encoder, ckpt_path)
     return encoder.to(map_location).eval()
 
@@ -409,7 +450,7 @@ def extract_features(encoder, wavs, wav_lens=None, layers=None):
 
     Example
     -------
-    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> encoder = S3LEncoder(**architecture("toy"))
     >>> feats, lens = extract_features(encoder, torch.randn(2, 16000),
     ...                                torch.tensor([1.0, 0.5]))
     >>> [tuple(f.shape) for f in feats], lens[-1].tolist()
@@ -471,7 +512,7 @@ def extract_features_from_file(encoder, path, layers=None):
     >>> import tempfile, numpy, soundfile
     >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
     >>> soundfile.write(path, numpy.random.randn(4000, 2) * 0.1, 8000)
-    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> encoder = S3LEncoder(**architecture("toy"))
     >>> feats, _ = extract_features_from_file(encoder, path, layers=[-1])
     >>> tuple(feats[0].shape)
     (1, 3, 16)

@@ -25,9 +25,9 @@ class S3LStudent(nn.Module):
 
     Example
     -------
-    >>> from s3l_plugin.encoder import S3LEncoder
+    >>> from s3l_plugin.encoder import S3LEncoder, architecture
     >>> from s3l_plugin.predictor import Predictor
-    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> encoder = S3LEncoder(**architecture("toy"))
     >>> student = S3LStudent(encoder, Predictor(16, (16, 16), (5, 1)))
     >>> feats = torch.randn(2, 120, encoder.config["n_mels"])
     >>> predictions, lengths = student(feats, torch.tensor([120, 80]))
@@ -193,9 +193,9 @@ def s3l_targets(teacher, clean, feat_lens, num_frames, random_shift=None):
 
     Example
     -------
-    >>> from s3l_plugin.encoder import S3LEncoder
+    >>> from s3l_plugin.encoder import S3LEncoder, architecture
     >>> from s3l_plugin.teacher import EMATeacher
-    >>> teacher = EMATeacher(S3LEncoder(**S3LEncoder.tiny_config()))
+    >>> teacher = EMATeacher(S3LEncoder(**architecture("toy")))
     >>> feats = torch.randn(2, 120, 16)
     >>> s3l_targets(teacher, feats, torch.tensor([120, 80]), 12).shape
     torch.Size([2, 12, 16])
@@ -251,10 +251,10 @@ def s3l_forward(
 
     Example
     -------
-    >>> from s3l_plugin.encoder import S3LEncoder
+    >>> from s3l_plugin.encoder import S3LEncoder, architecture
     >>> from s3l_plugin.predictor import Predictor
     >>> from s3l_plugin.teacher import EMATeacher
-    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    >>> encoder = S3LEncoder(**architecture("toy"))
     >>> student = S3LStudent(encoder, Predictor(16, (16, 16), (5, 1)))
     >>> teacher = EMATeacher(encoder, total_steps=10)
     >>> outputs = s3l_forward(
@@ -274,42 +274,3 @@ def s3l_forward(
         random_shift,
     )
     return S3LOutputs(predictions, targets, lengths, inputs.num_samples)
-
-
-def compile_s3l(student, teacher=None, dynamic=True, **compile_kwargs):
-    """Compiles the student's and the teacher's encoder stacks in place.
-
-    ``S3LEncoder.compile_layers`` on both encoders, and the predictor; the
-    outputs are those of the eager modules up to rounding (and dropout's
-    random draws in training). Call after the teacher is built.
-
-    Arguments
-    ---------
-    student : S3LStudent
-        The student.
-    teacher : s3l_plugin.teacher.EMATeacher, optional
-        The teacher.
-    dynamic : bool
-        Dynamic shapes.
-    **compile_kwargs
-        Passed to ``torch.compile``.
-
-    Returns
-    -------
-    S3LStudent
-        ``student``.
-
-    Example
-    -------
-    >>> from s3l_plugin.encoder import S3LEncoder
-    >>> from s3l_plugin.predictor import Predictor
-    >>> encoder = S3LEncoder(**S3LEncoder.tiny_config())
-    >>> student = S3LStudent(encoder, Predictor(16, (16, 16), (5, 1)))
-    >>> compile_s3l(student, backend="eager") is student
-    True
-    """
-    student.encoder.compile_layers(dynamic=dynamic, **compile_kwargs)
-    student.predictor.compile(dynamic=dynamic, **compile_kwargs)
-    if teacher is not None:
-        teacher.encoder.compile_layers(dynamic=dynamic, **compile_kwargs)
-    return student

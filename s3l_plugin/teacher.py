@@ -310,8 +310,8 @@ class EMATeacher(nn.Module):
 
         Example
         -------
-        >>> from s3l_plugin.encoder import S3LEncoder
-        >>> teacher = EMATeacher(S3LEncoder(**S3LEncoder.tiny_config()))
+        >>> from s3l_plugin.encoder import S3LEncoder, architecture
+        >>> teacher = EMATeacher(S3LEncoder(**architecture("toy")))
         >>> feats = torch.randn(1, 120, teacher.encoder.config["n_mels"])
         >>> teacher(feats, torch.tensor([120])).out.requires_grad
         False
@@ -349,8 +349,8 @@ class EMATeacher(nn.Module):
 
         Example
         -------
-        >>> from s3l_plugin.encoder import S3LEncoder
-        >>> teacher = EMATeacher(S3LEncoder(**S3LEncoder.tiny_config()))
+        >>> from s3l_plugin.encoder import S3LEncoder, architecture
+        >>> teacher = EMATeacher(S3LEncoder(**architecture("toy")))
         >>> feats = torch.randn(2, 120, teacher.encoder.config["n_mels"])
         >>> targets, lengths = teacher.encode_projected(
         ...     feats, torch.tensor([120, 64])

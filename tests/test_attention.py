@@ -7,10 +7,11 @@ from torch import nn
 import s3l_plugin.attention as attention_module
 from s3l_plugin.attention import (
     MultiHeadSelfAttention,
-    make_padding_mask,
     pad_sequences,
     unpad_sequences,
 )
+from s3l_plugin.lengths import padding_mask as make_padding_mask
+from s3l_plugin.runtime import set_runtime_options
 
 CPU_BACKENDS = ["math", "sdpa"]
 D_MODEL, NHEAD = 16, 4
@@ -135,30 +136,34 @@ def test_flash_path_wiring_with_stand_in_kernel(monkeypatch):
     )
 
 
-def test_flash_module_input_checks(monkeypatch):
-    """Explicit flash_attn refuses CPU inputs; auto falls back to sdpa."""
+def test_backend_is_resolved_from_the_input_device(monkeypatch):
+    """A GPU on the machine does not choose the backend of CPU inputs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(
-        attention_module, "flash_kernel_available", lambda: True
+        attention_module,
+        "flash_kernel_available",
+        lambda device=None: torch.device(device).type == "cuda",
     )
     x, mask = make_inputs()
-    explicit = MultiHeadSelfAttention(D_MODEL, NHEAD, 0.0, "flash_attn")
-    assert explicit.backend == "flash_attn"
-    with pytest.raises(RuntimeError, match="CUDA inputs"):
-        explicit(x, mask)
-    auto = MultiHeadSelfAttention(D_MODEL, NHEAD, 0.0, "auto")
-    assert auto.backend == "flash_attn"
+    auto = MultiHeadSelfAttention(D_MODEL, NHEAD, 0.0, "auto").eval()
+    assert auto.attention_backend == "auto"
     auto.load_state_dict(make_attention("sdpa").state_dict())
     torch.testing.assert_close(auto(x, mask), make_attention("sdpa")(x, mask))
+    assert auto.backend_plan.key == ("auto", x.device)
+    assert auto.backend_plan.plan == "sdpa"
+    resolve = attention_module.resolve_attention_backend
+    assert resolve("auto", "cuda") == "flash_attn"
+    assert resolve("flash_attn", "cuda") == "flash_attn"
 
 
-@pytest.mark.skipif(
-    attention_module.flash_kernel_available(),
-    reason="a flash kernel can run here",
-)
-def test_flash_backend_without_kernel_raises_and_auto_is_sdpa():
+def test_explicit_flash_refuses_a_device_without_kernel():
+    """Built anywhere; running on a device without a kernel says what to do."""
+    x, mask = make_inputs()
+    explicit = MultiHeadSelfAttention(D_MODEL, NHEAD, 0.0, "flash_attn")
     with pytest.raises(ValueError, match="attention_backend='sdpa'"):
-        MultiHeadSelfAttention(D_MODEL, NHEAD, backend="flash_attn")
-    assert MultiHeadSelfAttention(D_MODEL, NHEAD).backend == "sdpa"
+        explicit(x, mask)
+    set_runtime_options(explicit, attention_backend="sdpa")
+    assert explicit(x, mask).shape == x.shape
 
 
 def test_unknown_backend_lists_valid_ones():

@@ -198,10 +198,10 @@ def test_phased_step_and_teacher_variants_compute_the_same_loss():
 
 def test_autograd_teacher_builds_a_graph_but_gives_detached_targets():
     train_step = _script("train_step")
-    from s3l_plugin.encoder import S3LEncoder
+    from s3l_plugin.encoder import S3LEncoder, architecture
     from s3l_plugin.teacher import EMATeacher
 
-    encoder = S3LEncoder(**S3LEncoder.tiny_config())
+    encoder = S3LEncoder(**architecture("toy"))
     naive = train_step.AutogradTeacher(encoder)
     plain = EMATeacher(encoder)
     feats = torch.randn(2, 200, 16)
@@ -233,12 +233,12 @@ def test_memory_tracker_counts_forward_backward_and_frees():
 def test_s3l_targets_crop_before_projection_matches_crop_after():
     """Projecting only the kept frames changes no target."""
     from s3l_plugin.augment import RandomShift
-    from s3l_plugin.encoder import S3LEncoder
+    from s3l_plugin.encoder import S3LEncoder, architecture
     from s3l_plugin.pretraining import s3l_targets
     from s3l_plugin.teacher import EMATeacher
 
     torch.manual_seed(0)
-    teacher = EMATeacher(S3LEncoder(**S3LEncoder.tiny_config()))
+    teacher = EMATeacher(S3LEncoder(**architecture("toy")))
     feats = torch.randn(3, 240, 16)
     lengths = torch.tensor([240, 200, 100])
     num_frames = int(teacher.encoder.output_lengths(torch.tensor([240])))
@@ -284,11 +284,11 @@ def test_teacher_momentum_reads_the_step_without_the_device_each_time(
 
 
 def _compiled_matches_eager(backend):
-    from s3l_plugin.encoder import S3LEncoder
+    from s3l_plugin.encoder import S3LEncoder, architecture
 
     torch.manual_seed(0)
     eager = S3LEncoder(
-        **S3LEncoder.tiny_config(),
+        **architecture("toy"),
         attention_backend="sdpa",
         dropout=0.0,
         attention_dropout=0.0,
@@ -379,14 +379,14 @@ def test_s3l_step_reads_the_device_only_for_the_length_checks(backend):
     their error message.
     """
     from s3l_plugin.augment import NoiseAugment, RandomShift, SpecAugment
-    from s3l_plugin.encoder import S3LEncoder
+    from s3l_plugin.encoder import S3LEncoder, architecture
     from s3l_plugin.loss import ContrastiveLoss
     from s3l_plugin.predictor import Predictor
     from s3l_plugin.pretraining import S3LStudent, s3l_forward
     from s3l_plugin.teacher import EMATeacher
 
     torch.manual_seed(0)
-    encoder = S3LEncoder(**S3LEncoder.tiny_config(), attention_backend=backend)
+    encoder = S3LEncoder(**architecture("toy"), attention_backend=backend)
     student = S3LStudent(encoder, Predictor(16, (16, 16), (5, 1))).train()
     teacher = EMATeacher(encoder, total_steps=10)
     teacher.update(student)  # step 0 (the copy) done

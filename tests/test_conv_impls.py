@@ -5,9 +5,11 @@ import torch
 from torch import nn
 
 from s3l_plugin.conv import ConvStack, conv1d_frames
-from s3l_plugin.encoder import ConvPositionalEmbedding, S3LEncoder
+from s3l_plugin.encoder import S3LEncoder, architecture
 from s3l_plugin.fft_conv import _FFTConv1d, fft_conv1d, fft_size
 from s3l_plugin.predictor import Predictor
+from s3l_plugin.runtime import set_runtime_options
+from s3l_plugin.transformer import ConvPositionalEmbedding
 
 
 def direct_conv(x, weight, bias, padding, groups):
@@ -105,21 +107,22 @@ def test_bad_conv_impl_is_rejected():
     with pytest.raises(ValueError, match="conv_impl"):
         ConvStack(4, (4,), (3,), conv_impl="winograd")
     with pytest.raises(ValueError, match="conv_impl"):
-        S3LEncoder(**S3LEncoder.tiny_config(), conv_impl="winograd")
+        S3LEncoder(**architecture("toy"), conv_impl="winograd")
 
 
 def test_pos_conv_auto_uses_fft_only_where_it_pays(monkeypatch):
     torch.manual_seed(0)
     pos_conv = ConvPositionalEmbedding(16, kernel_size=8, groups=4)
     calls = []
-    import s3l_plugin.encoder as encoder_module
+    import s3l_plugin.transformer as transformer_module
+    from s3l_plugin.runtime import FFT_NO_GRAD_MAX_FRAMES
 
     def counting_fft_conv1d(*args, **kwargs):
         calls.append(args[0].shape[1])
         return fft_conv1d(*args, **kwargs)
 
-    monkeypatch.setattr(encoder_module, "fft_conv1d", counting_fft_conv1d)
-    long = torch.randn(1, encoder_module.FFT_NO_GRAD_MAX_FRAMES + 1, 16)
+    monkeypatch.setattr(transformer_module, "fft_conv1d", counting_fft_conv1d)
+    long = torch.randn(1, FFT_NO_GRAD_MAX_FRAMES + 1, 16)
     pos_conv(long)  # training: gradients wanted -> FFT
     with torch.no_grad():
         pos_conv(long)  # no gradient, long -> direct
@@ -130,8 +133,8 @@ def test_pos_conv_auto_uses_fft_only_where_it_pays(monkeypatch):
 @pytest.mark.parametrize("conv_impl", ["fft", "direct"])
 def test_encoder_conv_impls_agree(conv_impl):
     torch.manual_seed(0)
-    auto = S3LEncoder(**S3LEncoder.tiny_config()).train()
-    other = S3LEncoder(**S3LEncoder.tiny_config(), conv_impl=conv_impl).train()
+    auto = S3LEncoder(**architecture("toy")).train()
+    other = S3LEncoder(**architecture("toy"), conv_impl=conv_impl).train()
     other.load_state_dict(auto.state_dict())
     wavs, wav_lens = torch.randn(3, 16000), torch.tensor([1.0, 0.6, 0.35])
     torch.manual_seed(1)
@@ -155,10 +158,54 @@ def test_predictor_same_padding_matmul_matches_direct():
     predictor = Predictor(8, (8, 8, 8), (5, 4, 1)).eval()
     x, lengths = torch.randn(2, 12, 8), torch.tensor([12, 7])
     expected = predictor(x, lengths)
-    for layer in predictor.layers.layers:
-        if hasattr(layer, "conv_impl"):
-            layer.conv_impl = "direct"
-    predictor.layers.conv_impl = "direct"
+    set_runtime_options(predictor, conv_impl="direct")
+    assert {
+        layer.conv_impl
+        for layer in predictor.modules()
+        if hasattr(layer, "conv_impl")
+    } == {"direct"}
     torch.testing.assert_close(
         predictor(x, lengths), expected, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_direct_reaches_every_conv_of_the_models(monkeypatch):
+    """``conv_impl="direct"`` (all off) runs every convolution as
+    ``nn.Conv1d``: encoder, predictor and CTC head alike."""
+    from s3l_plugin.ctc import CTCHead
+
+    calls = []
+    original = nn.Conv1d._conv_forward
+
+    def counting_conv(self, *args):
+        calls.append(self)
+        return original(self, *args)
+
+    monkeypatch.setattr(nn.Conv1d, "_conv_forward", counting_conv)
+    encoder = S3LEncoder(**architecture("toy"), conv_impl="direct")
+    predictor = Predictor(16, (16, 16), (5, 1), conv_impl="direct")
+    head = CTCHead(16, channels=8, vocab_size=5, conv_impl="direct")
+    convs = [
+        m
+        for model in (encoder, predictor, head)
+        for m in model.modules()
+        if isinstance(m, nn.Conv1d)
+    ]
+    with torch.no_grad():
+        out = encoder(torch.randn(2, 8000))
+        predictor(out, torch.tensor([3, 3]))
+        head(out, torch.tensor([3, 3]))
+    assert {id(m) for m in calls} == {id(m) for m in convs}
+
+
+def test_ctc_head_matmul_matches_direct():
+    from s3l_plugin.ctc import CTCHead
+
+    torch.manual_seed(0)
+    head = CTCHead(16, channels=8, vocab_size=5).eval()
+    x, lengths = torch.randn(2, 6, 16), torch.tensor([6, 3])
+    logits, _ = head(x, lengths)
+    set_runtime_options(head, conv_impl="direct")
+    torch.testing.assert_close(
+        head(x, lengths)[0], logits, atol=1e-5, rtol=1e-5
     )

@@ -19,7 +19,7 @@ from s3l_plugin.ctc import (
     ctc_loss,
     greedy_decode,
 )
-from s3l_plugin.encoder import S3LEncoder
+from s3l_plugin.encoder import S3LEncoder, architecture
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def one_thread():
 
 
 def tiny_encoder():
-    return S3LEncoder(**dict(S3LEncoder.tiny_config(), transf2_layers=2))
+    return S3LEncoder(**dict(architecture("toy"), transf2_layers=2))
 
 
 # ---- Vocabularies ------------------------------------------------------------

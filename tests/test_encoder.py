@@ -7,16 +7,13 @@ import torch
 from torch import nn
 
 from s3l_plugin.conv import ConvStack
-from s3l_plugin.encoder import (
-    ConvPositionalEmbedding,
-    S3LEncoder,
-    TransformerStack,
-)
+from s3l_plugin.encoder import S3LEncoder, architecture
+from s3l_plugin.transformer import ConvPositionalEmbedding, TransformerStack
 
 
 def tiny_encoder(**overrides):
     torch.manual_seed(0)
-    config = {**S3LEncoder.tiny_config(), "transf2_layers": 2, **overrides}
+    config = {**architecture("toy", transf2_layers=2), **overrides}
     return S3LEncoder(**config).eval()
 
 
@@ -246,3 +243,32 @@ def test_conv_stack_lengths_and_same_padding():
     assert (y[1, 6:] == 0).all()
     with pytest.raises(ValueError, match="strides"):
         ConvStack(4, (8,), (3,), (2,), padding="same")
+
+
+@pytest.mark.parametrize(
+    "name, size", [("s3l_tiny.yaml", "tiny"), ("s3l.yaml", "base")]
+)
+def test_named_sizes_are_the_pretraining_configs(name, size):
+    """build_encoder(size=...) gives the encoder the YAML pretrains."""
+    import os
+
+    from hyperpyyaml import load_hyperpyyaml
+
+    from s3l_plugin.encoder import EncoderArchitecture
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "hparams", name), encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin)
+    named = EncoderArchitecture(**architecture(size))
+    assert hparams["encoder"].architecture == named
+
+
+def test_architecture_is_listed_once():
+    """The encoder's config is its architecture, runtime knobs aside."""
+    from s3l_plugin.encoder import EncoderArchitecture
+
+    encoder = tiny_encoder(conv_impl="direct", attention_backend="math")
+    assert tuple(encoder.config) == EncoderArchitecture.keys()
+    assert (encoder.conv_impl, encoder.attention_backend) == ("direct", "math")
+    with pytest.raises(TypeError, match="unknown arguments.*'d_modle'"):
+        S3LEncoder(d_modle=16)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import s3l_plugin.attention as attention_module
-from s3l_plugin.attention import MultiHeadSelfAttention, make_padding_mask
+from s3l_plugin.attention import MultiHeadSelfAttention
 from s3l_plugin.encoder import S3LEncoder
 from s3l_plugin.features import MelFeatures
+from s3l_plugin.lengths import padding_mask as make_padding_mask
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA"
@@ -96,8 +97,8 @@ def test_flash_fp32_inputs_run_in_bf16(flash_calls):
 def test_auto_uses_flash_under_autocast_only(flash_calls):
     torch.manual_seed(0)
     module = MultiHeadSelfAttention(64, 4, 0.0, "auto").to(DEVICE).eval()
-    assert module.backend == "flash_attn"
     x = torch.randn(2, 9, 64, device=DEVICE)
+    assert module.backend_plan("auto", x.device) == "flash_attn"
     mask = make_padding_mask(torch.tensor([9, 4], device=DEVICE))
     module(x, mask)
     assert not flash_calls  # float32: exact sdpa, no silent bf16

@@ -12,7 +12,7 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from s3l_plugin.encoder import S3LEncoder
+from s3l_plugin.encoder import S3LEncoder, architecture
 from s3l_plugin.pretrained import save_encoder
 
 YAML = """
@@ -84,7 +84,7 @@ class UtteranceClassifier(sb.Brain):
 
 def test_pretrained_encoder_as_lobe(tmp_path):
     torch.manual_seed(0)
-    pretrained = S3LEncoder(**S3LEncoder.tiny_config())
+    pretrained = S3LEncoder(**architecture("toy"))
     pretrained_path = str(tmp_path / "pretrained")
     save_encoder(pretrained, pretrained_path)
 

@@ -11,10 +11,11 @@ import torch
 import torchaudio
 from speechbrain.utils.parameter_transfer import Pretrainer
 
-from s3l_plugin.encoder import S3LEncoder
+from s3l_plugin.encoder import EncoderArchitecture, S3LEncoder, architecture
 from s3l_plugin.pretrained import (
     CheckpointMismatchError,
     architecture_mismatches,
+    build_encoder,
     extract_features,
     extract_features_from_file,
     load_encoder,
@@ -34,7 +35,7 @@ def one_thread():
 
 
 def tiny_config(**changes):
-    return dict(S3LEncoder.tiny_config(), transf2_layers=2, **changes)
+    return dict(architecture("toy"), transf2_layers=2, **changes)
 
 
 @pytest.fixture
@@ -164,3 +165,41 @@ def test_extract_features_from_file_resamples_and_downmixes(
     wav = torchaudio.functional.resample(mono, 8000, 16000)
     expected, _ = extract_features(encoder, wav, layers=[-1])
     assert torch.allclose(feats[0], expected[0], atol=1e-5)
+
+
+def test_config_holds_architecture_only(pretrained):
+    _, folder = pretrained
+    config = read_encoder_config(folder)
+    assert set(config) == set(EncoderArchitecture.keys())
+    for knob in ("attention_backend", "conv_impl", "dropout"):
+        assert knob not in config
+
+
+def test_old_config_with_runtime_keys_still_loads(pretrained):
+    """Files written before the knobs left encoder_config.json."""
+    encoder, folder = pretrained
+    path = os.path.join(folder, "encoder_config.json")
+    config = read_encoder_config(folder)
+    config.update(attention_backend="math", conv_impl="direct", dropout=0.3)
+    with open(path, "w") as fout:
+        json.dump(config, fout)
+    loaded = load_encoder(folder, conv_impl="fft")
+    assert (loaded.attention_backend, loaded.conv_impl) == ("auto", "fft")
+    with torch.no_grad():
+        wavs = torch.randn(1, 8000)
+        torch.testing.assert_close(loaded(wavs), encoder(wavs))
+
+
+def test_build_encoder_from_folder_or_size(pretrained):
+    encoder, folder = pretrained
+    built = build_encoder(folder, dropout=0.0, conv_impl="direct")
+    assert built.config == encoder.config
+    assert built.conv_impl == "direct"
+    tiny = build_encoder()
+    assert tiny.config == build_encoder(size="tiny").config
+    assert (tiny.architecture.d_model, tiny.architecture.proj_dim) == (128, 64)
+    assert build_encoder(size="base").architecture.d_model == 512
+    with pytest.raises(ValueError, match="architecture keys"):
+        build_encoder(folder, d_model=32)
+    with pytest.raises(ValueError, match="Unknown encoder size"):
+        build_encoder(size="huge")

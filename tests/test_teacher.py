@@ -229,7 +229,7 @@ def test_with_the_real_encoder_targets_align_with_the_student():
     from s3l_plugin.augment import RandomShift
 
     torch.manual_seed(0)
-    config = encoder_module.S3LEncoder.tiny_config()
+    config = encoder_module.architecture("toy")
     encoder = encoder_module.S3LEncoder(**config)
     predictor = predictor_module.Predictor(
         config["proj_dim"], (16, config["proj_dim"]), (5, 1)
