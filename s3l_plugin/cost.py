@@ -3,11 +3,13 @@
 Each recipe writes ``cost.json`` in its output folder. FLOPs are counted
 with ``torch.utils.flop_counter`` on real training micro-batches (forward
 and backward), then scaled by the audio processed. Energy is read where the
-hardware exposes it: Intel/AMD RAPL counters on the CPU, ``nvidia-smi``
-power samples on NVIDIA GPUs; otherwise it is reported as unavailable, not
-guessed.
+hardware exposes it: Intel/AMD RAPL counters on the CPU; on NVIDIA GPUs
+NVML's energy counter (``pynvml``, package ``nvidia-ml-py``) when it is
+importable, else ``nvidia-smi`` power samples; otherwise it is reported as
+unavailable, not guessed.
 """
 
+import importlib
 import json
 import logging
 import os
@@ -69,13 +71,66 @@ class RaplEnergy:
         return total / 1e6
 
 
+class NvmlEnergy:
+    """GPU energy from NVML's counters, summed over the GPUs NVML sees.
+
+    ``nvmlDeviceGetTotalEnergyConsumption`` counts millijoules since the
+    driver was loaded (Volta and newer): exact, and no sampling thread.
+
+    Example
+    -------
+    >>> meter = NvmlEnergy()
+    >>> meter.joules() is None or meter.joules() >= 0
+    True
+    """
+
+    def __init__(self):
+        self.nvml = None
+        self.handles = []
+        try:
+            nvml = importlib.import_module("pynvml")
+            nvml.nvmlInit()
+            count = nvml.nvmlDeviceGetCount()
+            self.handles = [
+                nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)
+            ]
+            self.start = [
+                nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                for handle in self.handles
+            ]
+        except Exception as error:  # ImportError, NVMLError_*: no counter
+            logger.debug("NVML energy counter unavailable: %s", error)
+            self.handles = []
+            return
+        self.nvml = nvml if self.handles else None
+
+    @property
+    def available(self):
+        """Whether the counters could be read at construction."""
+        return self.nvml is not None
+
+    def joules(self):
+        """Energy since construction in joules, or None if unavailable."""
+        if not self.available:
+            return None
+        try:
+            now = [
+                self.nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                for handle in self.handles
+            ]
+        except Exception as error:  # NVMLError_*: the GPU went away
+            logger.warning("NVML energy counter unreadable: %s", error)
+            return None
+        return sum(b - a for a, b in zip(self.start, now)) / 1e3
+
+
 class NvidiaSmiEnergy:
     """GPU energy integrated from ``nvidia-smi`` power samples (1 s apart).
 
     Example
     -------
     >>> meter = NvidiaSmiEnergy()
-    >>> meter.stop() is None or meter.stop() >= 0
+    >>> meter.joules() is None or meter.joules() >= 0
     True
     """
 
@@ -117,11 +172,30 @@ class NvidiaSmiEnergy:
         except (OSError, ValueError, subprocess.SubprocessError):
             return None
 
-    def stop(self):
+    def joules(self):
         """Energy so far in joules (sampling continues), None if unavailable."""
         if not self.available:
             return None
         return self.energy
+
+
+def gpu_energy_meter():
+    """The best GPU energy meter here: NVML, else ``nvidia-smi`` samples.
+
+    Returns
+    -------
+    NvmlEnergy or NvidiaSmiEnergy
+        Its ``joules()`` is None where neither can read a GPU.
+
+    Example
+    -------
+    >>> gpu_energy_meter().joules() is None or True
+    True
+    """
+    meter = NvmlEnergy()
+    if meter.available:
+        return meter
+    return NvidiaSmiEnergy()
 
 
 class CostTracker:
@@ -167,7 +241,7 @@ class CostTracker:
         self.counted_padded_seconds = 0.0
         self.counted_batches = 0
         self.rapl = RaplEnergy()
-        self.gpu_energy = NvidiaSmiEnergy()
+        self.gpu_energy = gpu_energy_meter()
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
 
@@ -221,7 +295,7 @@ class CostTracker:
             else None
         )
         cpu_joules = self.rapl.joules()
-        gpu_joules = self.gpu_energy.stop()
+        gpu_joules = self.gpu_energy.joules()
         proj = self.projection
         projected_padded = (
             proj["steps"] * proj["micro_batches"] * proj["batch_seconds"]
@@ -250,7 +324,8 @@ class CostTracker:
             },
             "energy_joules": {
                 "cpu_rapl": cpu_joules,
-                "gpu_nvidia_smi": gpu_joules,
+                "gpu": gpu_joules,
+                "gpu_method": type(self.gpu_energy).__name__,
             },
             "projection": {
                 "what": (

@@ -76,3 +76,52 @@ def test_rapl_energy_sums_packages_and_handles_wraparound(tmp_path):
 
 def test_rapl_absent_reports_none(tmp_path):
     assert RaplEnergy(root=str(tmp_path / "missing")).joules() is None
+
+
+class FakeNvml:
+    """A stand-in ``pynvml`` module: two GPUs whose counters advance."""
+
+    def __init__(self):
+        self.millijoules = [1000, 5000]
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return len(self.millijoules)
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return self.millijoules[handle]
+
+
+def test_gpu_energy_comes_from_nvml_when_importable(monkeypatch, tmp_path):
+    import sys
+
+    from s3l_plugin.cost import NvmlEnergy, gpu_energy_meter
+
+    fake = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    meter = gpu_energy_meter()
+    assert isinstance(meter, NvmlEnergy)
+    fake.millijoules = [1500, 7000]  # +0.5 J and +2 J
+    assert meter.joules() == pytest.approx(2.5)
+    tracker = CostTracker(str(tmp_path), "cpu")
+    fake.millijoules = [2500, 7000]
+    report = tracker.report()
+    assert report["energy_joules"]["gpu"] == pytest.approx(1.0)
+    assert report["energy_joules"]["gpu_method"] == "NvmlEnergy"
+
+
+def test_gpu_energy_falls_back_without_nvml(monkeypatch):
+    import sys
+
+    from s3l_plugin.cost import NvidiaSmiEnergy, gpu_energy_meter
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    meter = gpu_energy_meter()
+    assert isinstance(meter, NvidiaSmiEnergy)
+    if not torch.cuda.is_available():
+        assert meter.joules() is None
