@@ -13,9 +13,10 @@ this module adds the rest:
 - :class:`PerRankState`: any small per-process state (counters);
 - :class:`AtomicCheckpointer`: a checkpoint becomes visible only once all
   of its files are written, so a kill during a save leaves the previous
-  checkpoint as the one to resume from;
-- :func:`check_checkpoint_compatible`: a checkpoint written by another
-  architecture stops the run at start-up with a clear message.
+  checkpoint as the one to resume from (declared in the recipes' YAML);
+- :func:`check_checkpoint_compatible` and :func:`state_dict_difference`: a
+  checkpoint written by another architecture stops the run at start-up
+  with a clear message (:class:`CheckpointMismatchError`).
 """
 
 import logging
@@ -26,7 +27,7 @@ import shutil
 import numpy
 import torch
 from speechbrain.utils.checkpoints import (
-    METAFNAME,
+    Checkpoint,
     Checkpointer,
     mark_as_loader,
     mark_as_saver,
@@ -34,23 +35,18 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
+from s3l_plugin.distributed import rank_and_world_size
+
 logger = logging.getLogger(__name__)
 
-# The meta file is written under this name and renamed to METAFNAME last:
-# SpeechBrain only lists folders holding METAFNAME as checkpoints.
-PENDING_METAFNAME = "CKPT.yaml.pending"
+# A checkpoint is written in this sub-folder of the checkpoints folder and
+# moved out of it once complete. SpeechBrain lists only the folders holding
+# a meta file directly, so it never sees a checkpoint being written.
+STAGING_FOLDER = ".incomplete"
 
 
 class CheckpointMismatchError(ValueError):
-    """The save folder holds a checkpoint this model cannot load."""
-
-
-def _world():
-    """(rank, world size) of this process; (0, 1) when not distributed."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    """A checkpoint that this model cannot load (another architecture)."""
 
 
 class PerRankState:
@@ -66,7 +62,9 @@ class PerRankState:
     Arguments
     ---------
     get_state : callable
-        Returns this process's state (picklable).
+        Returns this process's state: what ``torch.load(...,
+        weights_only=True)`` reads back (tensors, numbers, strings, lists,
+        dicts).
     set_state : callable
         Restores a state returned by ``get_state``.
 
@@ -100,7 +98,7 @@ class PerRankState:
     @mark_as_saver
     def save(self, path):
         """Gathers every rank's state; the main process writes them."""
-        rank, world_size = _world()
+        rank, world_size = rank_and_world_size()
         state = self.get_state()
         states = [state]
         if world_size > 1:
@@ -113,10 +111,8 @@ class PerRankState:
     def load(self, path, end_of_epoch=False):
         """Restores this rank's state from ``path``."""
         del end_of_epoch  # the state is the same at an epoch's end
-        saved = torch.load(path, weights_only=False)
-        # Checkpoints from before per-rank saving hold one bare state.
-        states = saved["ranks"] if "ranks" in saved else [saved]
-        rank, world_size = _world()
+        states = torch.load(path, weights_only=True)["ranks"]
+        rank, world_size = rank_and_world_size()
         if len(states) != world_size:
             logger.warning(
                 "%s was written by %d processes, this run has %d: every "
@@ -151,10 +147,13 @@ class RandomState(PerRankState):
     """
 
     def get_state(self):
-        """The generators' states."""
+        """The generators' states, as tensors and numbers."""
+        version, words, gauss = random.getstate()
+        kind, keys, position, has_gauss, cached = numpy.random.get_state()
         return {
-            "python": random.getstate(),
-            "numpy": numpy.random.get_state(),
+            "python": [version, list(words), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype("int64")), position]
+            + [has_gauss, cached],
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all()
             if torch.cuda.is_available()
@@ -163,8 +162,11 @@ class RandomState(PerRankState):
 
     def set_state(self, state):
         """Sets the generators to ``state``."""
-        random.setstate(state["python"])
-        numpy.random.set_state(state["numpy"])
+        version, words, gauss = state["python"]
+        random.setstate((version, tuple(words), gauss))
+        kind, keys, position, has_gauss, cached = state["numpy"]
+        keys = keys.numpy().astype(numpy.uint32)
+        numpy.random.set_state((kind, keys, position, has_gauss, cached))
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
@@ -184,10 +186,9 @@ class NoiseStream(PerRankState):
     picks the SNR and the offset in each noise from the global generator,
     which :class:`RandomState` restores.
 
-    Set ``batch_size`` to the size of the batch about to be augmented: the
-    stream then hands ``AddNoise`` all its noises at once. With fewer per
-    item, ``AddNoise`` concatenates them one item at a time, which costs
-    time quadratic in the batch size.
+    ``AddNoise`` concatenates the reads it needs one at a time, in time
+    quadratic in their number: augment through :meth:`sized_to_batches`,
+    which makes each read hold all the noises of the batch at hand.
 
     Arguments
     ---------
@@ -195,6 +196,8 @@ class NoiseStream(PerRankState):
         The augmentation to feed; it must have a ``csv_file``.
     seed : int
         Seed of the order (give each DDP rank its own).
+    batch_size : int
+        Noises per read (:meth:`sized_to_batches` sets it per batch).
 
     Example
     -------
@@ -209,14 +212,13 @@ class NoiseStream(PerRankState):
     >>> with open(os.path.join(folder, "noise.csv"), "w") as out:
     ...     _ = out.write("\\n".join(lines) + "\\n")
     >>> add_noise = AddNoise(os.path.join(folder, "noise.csv"), pad_noise=True)
-    >>> stream = NoiseStream(add_noise, seed=0)
-    >>> stream.batch_size = 2
+    >>> stream = NoiseStream(add_noise, seed=0, batch_size=2)
     >>> noisy = add_noise(torch.randn(2, 800), torch.ones(2))
     >>> stream.get_state()
     {'passes': 0, 'position': 2}
     """
 
-    def __init__(self, add_noise, seed=0):
+    def __init__(self, add_noise, seed=0, batch_size=1):
         from speechbrain.dataio.legacy import ExtendedCSVDataset
         from speechbrain.dataio.sampler import ReproducibleRandomSampler
 
@@ -231,7 +233,7 @@ class NoiseStream(PerRankState):
             replacements=add_noise.replacements,
         )
         self.sampler = ReproducibleRandomSampler(self.dataset, seed=seed)
-        self.batch_size = 1
+        self.batch_size = max(1, int(batch_size))
         self.passes = 0
         self.position = 0
         # What AddNoise would have set up when building its own loader.
@@ -262,10 +264,31 @@ class NoiseStream(PerRankState):
         from speechbrain.dataio.batch import PaddedBatch
 
         while self.position < len(order):
-            end = min(self.position + max(1, self.batch_size), len(order))
+            end = min(self.position + self.batch_size, len(order))
             indices = order[self.position : end]
             self.position = end
             yield PaddedBatch([self.dataset[index] for index in indices])
+
+    def sized_to_batches(self, augment):
+        """``augment`` with each read of this stream the batch's size.
+
+        Arguments
+        ---------
+        augment : callable
+            ``(wavs, wav_lens) -> wavs``, adding noise through the
+            ``AddNoise`` this stream feeds (e.g. a ``NoiseAugment``).
+
+        Returns
+        -------
+        callable
+            The same signature.
+        """
+
+        def augment_batch(wavs, wav_lens, *args, **kwargs):
+            self.batch_size = wavs.shape[0]
+            return augment(wavs, wav_lens, *args, **kwargs)
+
+        return augment_batch
 
     def get_state(self):
         """Pass number and position in the pass."""
@@ -284,8 +307,10 @@ class AtomicCheckpointer(Checkpointer):
     SpeechBrain writes a checkpoint's meta file (which makes the folder a
     checkpoint) first and the parameter files after; a process killed in
     between leaves a checkpoint that cannot be loaded and, being the most
-    recent, is the one a rerun tries. Here the meta file is written under
-    another name and renamed last, after the files are flushed to disk.
+    recent, is the one a rerun tries. Here every checkpoint is written in
+    the ``.incomplete`` sub-folder (SpeechBrain's own ``save_checkpoint``,
+    pointed there through ``checkpoints_dir``), flushed to disk, and then
+    moved into the checkpoints folder with one rename.
 
     Arguments
     ---------
@@ -303,60 +328,29 @@ class AtomicCheckpointer(Checkpointer):
     ['CKPT.yaml', 'layer.ckpt']
     """
 
-    @classmethod
-    def from_checkpointer(cls, checkpointer):
-        """The same checkpointer (folder, recoverables, hooks), atomic.
-
-        Arguments
-        ---------
-        checkpointer : speechbrain.utils.checkpoints.Checkpointer
-            E.g. the one a YAML file builds.
-
-        Returns
-        -------
-        AtomicCheckpointer
-
-        Example
-        -------
-        >>> import tempfile
-        >>> layer = torch.nn.Linear(1, 1)
-        >>> plain = Checkpointer(tempfile.mkdtemp(), {"a": layer})
-        >>> atomic = AtomicCheckpointer.from_checkpointer(plain)
-        >>> list(atomic.recoverables)
-        ['a']
-        """
-        if isinstance(checkpointer, cls):
-            return checkpointer
-        atomic = cls(
-            checkpointer.checkpoints_dir,
-            custom_load_hooks=checkpointer.custom_load_hooks,
-            custom_save_hooks=checkpointer.custom_save_hooks,
-            allow_partial_load=checkpointer.allow_partial_load,
-        )
-        atomic.recoverables = dict(checkpointer.recoverables)
-        atomic.optional_recoverables = dict(checkpointer.optional_recoverables)
-        return atomic
-
-    def _save_checkpoint_metafile(
-        self, fpath, meta_to_include={}, end_of_epoch=True
-    ):
-        pending = os.path.join(os.path.dirname(fpath), PENDING_METAFNAME)
-        return super()._save_checkpoint_metafile(
-            pending, meta_to_include, end_of_epoch
-        )
-
     def save_checkpoint(self, *args, **kwargs):
-        """Saves as ``Checkpointer.save_checkpoint``; the meta file last."""
-        checkpoint = super().save_checkpoint(*args, **kwargs)
-        if if_main_process():
-            folder = str(checkpoint.path)
-            for name in os.listdir(folder):
-                _fsync(os.path.join(folder, name))
-            os.replace(
-                os.path.join(folder, PENDING_METAFNAME),
-                os.path.join(folder, METAFNAME),
+        """Saves as ``Checkpointer.save_checkpoint``, all or nothing."""
+        final_dir = self.checkpoints_dir
+        self.checkpoints_dir = final_dir / STAGING_FOLDER
+        try:
+            checkpoint = super().save_checkpoint(*args, **kwargs)
+        finally:
+            self.checkpoints_dir = final_dir
+        if checkpoint is not None:  # the main process
+            staged = checkpoint.path
+            for name in os.listdir(staged):
+                _fsync(os.path.join(staged, name))
+            _fsync(staged)
+            os.replace(staged, final_dir / staged.name)
+            _fsync(final_dir)
+            checkpoint = Checkpoint(
+                final_dir / staged.name,
+                checkpoint.meta,
+                {
+                    name: final_dir / staged.name / path.name
+                    for name, path in checkpoint.paramfiles.items()
+                },
             )
-            _fsync(folder)
         # Every rank must see the new checkpoint before going on: the
         # deletion that follows in save_and_keep_only lists checkpoints on
         # each rank and broadcasts once per deleted one.
@@ -364,39 +358,28 @@ class AtomicCheckpointer(Checkpointer):
         return checkpoint
 
     def remove_incomplete(self):
-        """Deletes checkpoint folders a killed save left without meta file.
+        """Deletes what a killed save left in the ``.incomplete`` folder.
 
         Returns
         -------
         list of str
-            The folders removed.
+            The checkpoint folders removed.
         """
-        removed = []
-        if not if_main_process() or not self.checkpoints_dir.is_dir():
-            return removed
-        for path in sorted(self.checkpoints_dir.iterdir()):
-            incomplete = (
-                path.is_dir()
-                and path.name.startswith("CKPT+")
-                and not (path / METAFNAME).exists()
-                and (path / PENDING_METAFNAME).exists()
+        staging = self.checkpoints_dir / STAGING_FOLDER
+        if not if_main_process() or not staging.is_dir():
+            return []
+        removed = [str(path) for path in sorted(staging.iterdir())]
+        for path in removed:
+            logger.warning(
+                "Removing %s: a checkpoint whose save was interrupted", path
             )
-            if incomplete:
-                logger.warning(
-                    "Removing %s: a checkpoint whose save was interrupted",
-                    path,
-                )
-                shutil.rmtree(path)
-                removed.append(str(path))
+        shutil.rmtree(staging)
         return removed
 
 
 def _fsync(path):
     """Flushes a file or folder to disk."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    if os.path.isfile(path):
-        flags = os.O_RDONLY
-    descriptor = os.open(path, flags)
+    descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
@@ -450,7 +433,7 @@ def check_checkpoint_compatible(checkpointer):
             problem = f"it has no {name}.ckpt"
         else:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            problem = _state_difference(name, saved, obj.state_dict())
+            problem = state_dict_difference(saved, obj.state_dict(), name)
         if problem:
             raise CheckpointMismatchError(
                 f"the checkpoint {checkpoint.path} does not fit this model "
@@ -461,18 +444,40 @@ def check_checkpoint_compatible(checkpointer):
     return str(checkpoint.path)
 
 
-def _state_difference(name, saved, current):
-    """A description of the first difference, or '' if they match."""
+def state_dict_difference(saved, current, prefix=""):
+    """The first difference between two state dicts, or ``""``.
+
+    Arguments
+    ---------
+    saved : dict
+        The state dict read from a file.
+    current : dict
+        The model's own state dict.
+    prefix : str
+        Prepended to the names in the description (e.g. ``"student"``).
+
+    Returns
+    -------
+    str
+        E.g. ``"student.w has shape (2,) there, (3,) here"``; empty if the
+        keys and shapes match.
+
+    Example
+    -------
+    >>> state_dict_difference({"w": torch.zeros(2)}, {"w": torch.zeros(3)})
+    'w has shape (2,) there, (3,) here'
+    """
+    prefix = f"{prefix}." if prefix else ""
     only_saved = sorted(set(saved) - set(current))
     only_current = sorted(set(current) - set(saved))
     if only_current:
-        return f"{name}.{only_current[0]} is missing from it"
+        return f"{prefix}{only_current[0]} is missing from it"
     if only_saved:
-        return f"{name}.{only_saved[0]} is in it but not in this model"
+        return f"{prefix}{only_saved[0]} is in it but not in this model"
     for key, value in current.items():
         if tuple(saved[key].shape) != tuple(value.shape):
             return (
-                f"{name}.{key} has shape {tuple(saved[key].shape)} there, "
+                f"{prefix}{key} has shape {tuple(saved[key].shape)} there, "
                 f"{tuple(value.shape)} here"
             )
     return ""

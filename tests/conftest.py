@@ -1,6 +1,8 @@
 """Makes the recipe-local modules (``librispeech_prepare``) importable.
 
-Also a session-scoped tiny generated corpus for the recipe tests.
+Also a session-scoped tiny generated corpus for the recipe tests, and
+runners that start the recipes through ``hooked_recipe.py`` (the test
+hooks: crash after N steps, dump the final state).
 """
 
 import os
@@ -18,7 +20,7 @@ sys.path.insert(
 
 # ---- A tiny generated corpus shared by the pretraining recipe's tests -----
 # generate_mini_librispeech arguments; the recipe's mini_corpus_* keys of
-# the same names (see s3l_plugin.recipe_utils.MINI_CORPUS_KEYS) ask for
+# the same names (see s3l_plugin.data.sources.MINI_CORPUS_KEYS) ask for
 # exactly this corpus, so a run without --data_folder reuses it.
 TINY_CORPUS_ARGS = {
     "seed": 0,
@@ -55,6 +57,7 @@ class TinyCorpus(str):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOOKED_RECIPE = os.path.join(ROOT, "tests", "hooked_recipe.py")
 PRETRAIN_RECIPE = os.path.join(ROOT, "recipes", "LibriSpeech", "pretrain.py")
 PRETRAIN_TINY_YAML = os.path.join(ROOT, "hparams", "s3l_tiny.yaml")
 # s3l_tiny.yaml shrunk further for tests: a 64-wide encoder, 10-s batches,
@@ -89,8 +92,8 @@ class PretrainRunner:
         return argv + SMALL_PRETRAIN_ARGS + list(extra)
 
     def command(self, output_folder, *extra, **kwargs):
-        """The recipe's command line."""
-        return [sys.executable, PRETRAIN_RECIPE] + self.argv(
+        """The recipe's command line (with the test hooks)."""
+        return [sys.executable, HOOKED_RECIPE, PRETRAIN_RECIPE] + self.argv(
             output_folder, *extra, **kwargs
         )
 
@@ -251,8 +254,8 @@ class FinetuneRunner(PretrainRunner):
         return argv + list(extra)
 
     def command(self, output_folder, *extra, **kwargs):
-        """The recipe's command line."""
-        return [sys.executable, FINETUNE_RECIPE] + self.argv(
+        """The recipe's command line (with the test hooks)."""
+        return [sys.executable, HOOKED_RECIPE, FINETUNE_RECIPE] + self.argv(
             output_folder, *extra, **kwargs
         )
 

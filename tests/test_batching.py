@@ -4,7 +4,7 @@ import pytest
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from s3l_plugin.data.batching import quantile_bucket_boundaries
-from s3l_plugin.recipe_utils import make_train_sampler
+from s3l_plugin.data.batching import make_train_sampler
 
 
 def _dataset(durations):

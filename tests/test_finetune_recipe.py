@@ -1,6 +1,5 @@
 """The CTC finetuning recipe, end to end on a tiny generated corpus."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -8,25 +7,25 @@ import sys
 
 import pytest
 import torch
+from hooked_recipe import load_recipe
+from hyperpyyaml import load_hyperpyyaml
 
+from s3l_plugin.config import ConfigError, check_ctc_config
 from s3l_plugin.data.mini_librispeech import generate_mini_librispeech
 from s3l_plugin.encoder import S3LEncoder
 from s3l_plugin.pretrained import save_encoder
-from s3l_plugin.recipe_utils import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "LibriSpeech", "finetune.py")
 TINY_YAML = os.path.join(ROOT, "hparams", "finetune_ctc_tiny.yaml")
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("finetune_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+finetune = load_recipe(RECIPE)
 
 
-finetune = _load_recipe()
+def load_hparams(overrides):
+    with open(TINY_YAML, encoding="utf-8") as fin:
+        return load_hyperpyyaml(fin, overrides)
 
 
 @pytest.fixture(autouse=True)
@@ -78,24 +77,15 @@ def _args(corpus, pretrained_folder, output_folder, *extra):
 
 
 def test_architecture_comes_from_the_checkpoint(tmp_path, pretrained):
-    _, folder = pretrained
-    output = str(tmp_path)
-    hparams, overrides = finetune.load_hparams(
-        TINY_YAML, {"pretrained_path": folder, "output_folder": output}
+    encoder, folder = pretrained
+    hparams = load_hparams(
+        {"pretrained_path": folder, "output_folder": str(tmp_path)}
     )
-    assert hparams["encoder"].config["d_model"] == 16
+    assert hparams["encoder"].config == encoder.config
     assert hparams["head"].upsample_conv.in_channels == 16
-    assert overrides["n_mels"] == 16
-    with pytest.raises(ConfigError, match=r"d_model=32 \(checkpoint: 16\)"):
-        finetune.load_hparams(
-            TINY_YAML,
-            {
-                "pretrained_path": folder,
-                "output_folder": output,
-                "d_model": 32,
-                "nhead": 4,
-            },
-        )
+    # Without a pretrained encoder: the YAML's named size.
+    scratch = load_hparams({"output_folder": str(tmp_path)})
+    assert scratch["head"].upsample_conv.in_channels == 128
 
 
 def test_nonpositive_max_grad_norm_is_rejected(tmp_path, corpus, pretrained):
@@ -132,13 +122,12 @@ def test_frozen_encoder_stays_frozen(tmp_path, corpus, pretrained):
         assert torch.equal(value, model.encoder.state_dict()[key]), key
     # The head and the layer weights did train.
     assert (model.layer_sum.raw_weights != 0).any()
-    fresh, _ = finetune.load_hparams(
-        TINY_YAML,
+    fresh = load_hparams(
         {
             "pretrained_path": folder,
             "output_folder": str(tmp_path / "x"),
             "head_channels": 16,
-        },
+        }
     )
     assert not torch.equal(
         fresh["head"].output.weight, model.head.output.weight
@@ -190,16 +179,20 @@ def test_sentencepiece_vocabulary_is_trained_and_checked(tmp_path):
         for i in range(30)
     ]
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
-    hparams, _ = finetune.load_hparams(
-        TINY_YAML,
+    hparams = load_hparams(
         {
             "output_folder": str(tmp_path / "out"),
+            "csv_folder": str(tmp_path),
             "vocab": "sentencepiece",
             "sp_vocab_size": 18,
-        },
+        }
     )
-    vocab = finetune.build_vocabulary(hparams, str(tmp_path))
+    vocab = finetune.build_vocabulary(hparams)
     assert len(vocab) == 19
-    assert os.path.isfile(hparams["sp_model_prefix"] + ".model")
+    model = os.path.join(
+        hparams["save_folder"], "tokenizer", "18_unigram.model"
+    )
+    assert os.path.isfile(model)
+    assert vocab.decode(vocab.encode("the cat sat")) == "THE CAT SAT"
     with pytest.raises(ConfigError, match="--output_neurons=19"):
-        finetune.check_config(hparams, vocab)
+        check_ctc_config(hparams, len(vocab))

@@ -6,7 +6,6 @@ and the reshuffling; a subprocess runs the main command without
 """
 
 import glob
-import importlib.util
 import json
 import logging
 import os
@@ -15,12 +14,10 @@ import re
 import pytest
 import torch
 from conftest import PRETRAIN_RECIPE, PRETRAIN_TINY_YAML
+from hooked_recipe import load_recipe
 
-from s3l_plugin.recipe_utils import (
-    ConfigError,
-    mini_corpus_arguments,
-    resolve_data_folder,
-)
+from s3l_plugin.config import ConfigError, run_cli
+from s3l_plugin.data.sources import mini_corpus_arguments, resolve_data_folder
 
 CHECKPOINT_FILES = {
     "student.ckpt",
@@ -36,16 +33,7 @@ CHECKPOINT_FILES = {
 }
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location(
-        "s3l_pretrain_recipe", PRETRAIN_RECIPE
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = _load_recipe()
+recipe = load_recipe(PRETRAIN_RECIPE)  # its Brain records its batches
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +83,7 @@ def fitted(tiny_corpus, tmp_path_factory):
     ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        # Makes the Brain record the ids of its batches (a test hook).
-        patch.setenv(recipe.DUMP_ENV, str(tmp_path_factory.mktemp("dump")))
-        brain = recipe.run_pretraining(argv)
+    brain = recipe.main(argv)
     torch.set_num_threads(threads)
     return brain, output
 
@@ -249,12 +234,10 @@ def test_nonfinite_steps_are_skipped_and_counted(
 ):
     seen = _poison(monkeypatch, {2: "loss", 3: "gradient"}.get)
     output = str(tmp_path / "out")
-    brain = recipe.run_pretraining(
-        pretrain_runner.argv(output, "--total_steps=4")
-    )
+    brain = recipe.main(pretrain_runner.argv(output, "--total_steps=4"))
     assert len(seen) == 6  # 4 optimizer steps and 2 skipped
     assert brain.optimizer_step == 4
-    assert brain.nonfinite_steps == 2 and brain.nonfinite_in_a_row == 0
+    assert brain.nonfinite_steps == 2
     assert int(brain.modules.teacher.step) == 4
     assert brain.lr_scheduler.last_epoch == 4
     adam_steps = {
@@ -267,8 +250,8 @@ def test_nonfinite_steps_are_skipped_and_counted(
         assert torch.isfinite(param).all()
     with open(os.path.join(output, "log.txt"), encoding="utf-8") as f:
         log = f.read()
-    assert "Optimizer step 2 skipped: non-finite loss (1 in a row" in log
-    assert "Optimizer step 2 skipped: non-finite gradient (2 in a row" in log
+    assert "Optimizer step 2 skipped: non-finite loss (1 in this epoch" in log
+    assert "Optimizer step 2 skipped: non-finite gradient" in log
     assert (
         "nonfinite_steps: 2"
         in open(os.path.join(output, "train_log.txt"), encoding="utf-8").read()
@@ -280,17 +263,16 @@ def test_run_stops_after_nonfinite_patience(
 ):
     seen = _poison(monkeypatch, lambda index: "loss")
     output = str(tmp_path / "out")
+    argv = pretrain_runner.argv(
+        output, "--total_steps=10", "--nonfinite_patience=2"
+    )
     with pytest.raises(SystemExit) as stop:
-        recipe.main(
-            pretrain_runner.argv(
-                output, "--total_steps=10", "--nonfinite_patience=2"
-            )
-        )
+        run_cli(recipe.main, argv)
     assert stop.value.code == 1
     assert len(seen) == 3
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith(
-        "s3l: error: 3 optimizer steps in a row had a non-finite loss"
+        "s3l: error: the loss was not finite in 3 batches of this epoch"
     )
     assert "--nonfinite_patience" in last_line
     assert not checkpoint_folders(output)

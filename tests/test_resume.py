@@ -18,17 +18,17 @@ import pytest
 import soundfile
 import torch
 import yaml
+from hooked_recipe import CRASH_EXIT_CODE, DUMP_ENV
 from speechbrain.augment.time_domain import AddNoise
 from speechbrain.utils.checkpoints import Checkpointer
 
 from s3l_plugin.checkpointing import (
-    PENDING_METAFNAME,
+    STAGING_FOLDER,
     AtomicCheckpointer,
     NoiseStream,
     RandomState,
 )
 
-CRASH_EXIT_CODE = 86  # recipes/LibriSpeech/pretrain.py's test hook
 # 9 optimizer steps of 2 micro-batches: epoch 1 has 6 to 8 of them, so the
 # run crosses into epoch 2. An intra-epoch checkpoint is due every 3
 # micro-batches, i.e. at every second optimizer step.
@@ -66,7 +66,7 @@ def uninterrupted(pretrain_runner, tmp_path_factory):
     base = tmp_path_factory.mktemp("uninterrupted")
     dump = str(base / "dump")
     result = pretrain_runner.run(
-        str(base / "out"), *RUN_ARGS, env={"S3L_TEST_DUMP_DIR": dump}
+        str(base / "out"), *RUN_ARGS, env={DUMP_ENV: dump}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     state = load_dump(dump)
@@ -90,9 +90,7 @@ def test_crashed_run_resumes_exactly(pretrain_runner, uninterrupted, tmp_path):
     assert meta["end-of-epoch"] is False  # an intra-epoch checkpoint
 
     dump = str(tmp_path / "dump")
-    resumed = pretrain_runner.run(
-        output, *RUN_ARGS, env={"S3L_TEST_DUMP_DIR": dump}
-    )
+    resumed = pretrain_runner.run(output, *RUN_ARGS, env={DUMP_ENV: dump})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = load_dump(dump)
     assert_same_state(uninterrupted, state)
@@ -130,9 +128,7 @@ def test_killed_run_resumes_exactly(pretrain_runner, uninterrupted, tmp_path):
     assert not os.path.exists(os.path.join(output, "encoder.ckpt"))
 
     dump = str(tmp_path / "dump")
-    resumed = pretrain_runner.run(
-        output, *RUN_ARGS, env={"S3L_TEST_DUMP_DIR": dump}
-    )
+    resumed = pretrain_runner.run(output, *RUN_ARGS, env={DUMP_ENV: dump})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_state(uninterrupted, load_dump(dump))
 
@@ -160,8 +156,7 @@ def test_noise_stream_resumes_where_it_stopped(tmp_path, batch_size, state):
 
     def noise_and_rng():
         add_noise = AddNoise(csv_file, snr_low=0, snr_high=10, pad_noise=True)
-        stream = NoiseStream(add_noise, seed=5)
-        stream.batch_size = batch_size
+        stream = NoiseStream(add_noise, seed=5, batch_size=batch_size)
         return add_noise, stream, RandomState()
 
     add_noise, stream, rng = noise_and_rng()
@@ -214,23 +209,29 @@ def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path):
         atomic.save_checkpoint(meta={"n": 2})
     assert atomic.find_checkpoint().path == first.path
     folders = sorted(os.listdir(tmp_path / "atomic"))
-    assert len(folders) == 2
+    assert folders == [STAGING_FOLDER, first.path.name]
     (removed,) = atomic.remove_incomplete()
     assert not os.path.exists(removed)
     assert os.listdir(tmp_path / "atomic") == [first.path.name]
 
 
-def test_atomic_checkpointer_keeps_the_yaml_recoverables(tmp_path):
-    layer = torch.nn.Linear(2, 2)
-    plain = Checkpointer(tmp_path, {"layer": layer})
-    plain.add_recoverable("rng", RandomState(), optional_load=True)
-    atomic = AtomicCheckpointer.from_checkpointer(plain)
-    assert atomic.recoverables == plain.recoverables
-    assert atomic.optional_recoverables == plain.optional_recoverables
-    checkpoint = atomic.save_checkpoint()
-    assert not os.path.exists(os.path.join(checkpoint.path, PENDING_METAFNAME))
+def test_yaml_declares_the_atomic_checkpointer(tmp_path):
+    from conftest import PRETRAIN_TINY_YAML
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(PRETRAIN_TINY_YAML, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, {"output_folder": str(tmp_path)})
+    checkpointer = hparams["checkpointer"]
+    assert isinstance(checkpointer, AtomicCheckpointer)
+    checkpointer.add_recoverable("rng", RandomState(), optional_load=True)
+    checkpoint = checkpointer.save_checkpoint()
+    assert checkpoint.path.parent == tmp_path / "save"
     assert sorted(os.listdir(checkpoint.path)) == [
         "CKPT.yaml",
-        "layer.ckpt",
+        "counter.ckpt",
         "rng.ckpt",
+        "student.ckpt",
+        "teacher.ckpt",
     ]
+    assert os.listdir(tmp_path / "save" / STAGING_FOLDER) == []
+    assert checkpointer.find_checkpoint().path == checkpoint.path

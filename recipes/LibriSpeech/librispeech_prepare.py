@@ -25,6 +25,8 @@ import os
 import soundfile as sf
 from tqdm import tqdm
 
+from s3l_plugin.data.atomic import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 OPTIONS_FILE = "opt_librispeech_prepare.json"
@@ -167,7 +169,7 @@ def prepare_librispeech(
         _merge_csvs(
             [outputs[split] for split in merge_lst], outputs[merge_name]
         )
-    _write_atomic(options_path, json.dumps(options, indent=2) + "\n")
+    write_text_atomic(options_path, json.dumps(options, indent=2) + "\n")
     return outputs
 
 
@@ -316,8 +318,8 @@ def _prepare_split(split_folder, split, csv_path, skipped_path, n_sentences):
     for path, reason in skipped:
         logger.warning("%s: left out: %s: %s", split, path, reason)
 
-    _write_atomic(csv_path, _csv_text(CSV_HEADER, rows))
-    _write_atomic(
+    write_text_atomic(csv_path, _csv_text(CSV_HEADER, rows))
+    write_text_atomic(
         skipped_path,
         "".join(f"{path}\t{reason}\n" for path, reason in skipped),
     )
@@ -340,7 +342,7 @@ def _merge_csvs(csv_paths, merged_path):
             if tuple(header) != CSV_HEADER:
                 raise ValueError(f"{path}: unexpected header {header}")
             rows.extend(reader)
-    _write_atomic(merged_path, _csv_text(CSV_HEADER, rows))
+    write_text_atomic(merged_path, _csv_text(CSV_HEADER, rows))
     logger.info(
         "%s: %d utterances merged from %s", merged_path, len(rows), csv_paths
     )
@@ -353,15 +355,3 @@ def _csv_text(header, rows):
     writer.writerow(header)
     writer.writerows(rows)
     return text.getvalue()
-
-
-def _write_atomic(path, text):
-    """Writes via a temporary file and a rename: all or nothing."""
-    tmp_path = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp_path, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)

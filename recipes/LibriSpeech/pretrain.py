@@ -17,25 +17,11 @@ first use). ``hparams/s3l_tiny.yaml`` is the CPU demo. Several processes::
     torchrun --nproc_per_node=2 recipes/LibriSpeech/pretrain.py \
         hparams/s3l.yaml --data_folder=...  # --distributed_backend=gloo on CPU
 
-Reliability:
-
-- Rerunning an interrupted command resumes from its last checkpoint
-  (intra-epoch ones with ``--ckpt_interval_steps`` or
-  ``--ckpt_interval_minutes``) and ends with the same parameters as an
-  uninterrupted run: models, optimizer, scheduler, EMA step, data and noise
-  positions and random generators are all checkpointed.
-- Unusable audio is skipped, logged with its path and reason, and counted
-  (``skipped_audio`` in the logs).
-- An optimizer step whose loss or gradient is not finite is skipped and
-  counted; more than ``--nonfinite_patience`` in a row stop the run.
-- Configuration mistakes stop the run at start-up with one line,
-  ``s3l: error: ...``, and exit status 2.
-
-Test hooks (environment variables, for the test suite only):
-``S3L_TEST_CRASH_AFTER_STEPS=N`` ends the process abruptly (as ``kill -9``
-would) right after optimizer step N; ``S3L_TEST_DUMP_DIR=DIR`` makes every
-process write its final student and teacher and the ids of its batches to
-``DIR/rank<R>.pt``.
+Rerunning an interrupted command resumes from its last checkpoint and ends
+with the same parameters as an uninterrupted run; unusable audio and
+non-finite steps are skipped and counted; configuration mistakes stop the
+run at start-up with one line, ``s3l: error: ...`` (see
+``s3l_plugin.training``).
 """
 
 import json
@@ -46,47 +32,40 @@ import time
 
 import speechbrain as sb
 import torch
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import if_main_process
 
-from s3l_plugin.checkpointing import AtomicCheckpointer, NoiseStream
+from s3l_plugin.checkpointing import NoiseStream
+from s3l_plugin.config import run_cli
 from s3l_plugin.data.audio import SkipBadAudioCollate, make_audio_pipeline
-from s3l_plugin.pretrained import save_encoder
-from s3l_plugin.pretraining import s3l_forward
-from s3l_plugin.recipe_utils import (  # noqa: F401 (re-exported test hooks)
-    CRASH_ENV,
-    CRASH_EXIT_CODE,
-    DUMP_ENV,
-    ConfigError,
-    GuardedTrainingMixin,
-    NonFiniteError,  # noqa: F401 (raised by the Brain; re-exported)
-    check_run_options,
+from s3l_plugin.data.batching import (
     eval_loader_kwargs,
-    load_yaml,
     make_train_sampler,
-    prepare_resume,
-    resolve_checkpoint_interval,
-    resolve_data_folder,
-    resolve_noise_csv,
-    run_cli,
-    seed_rank,
     train_loader_kwargs,
 )
-from s3l_plugin.teacher import unwrap_module
+from s3l_plugin.data.sources import (
+    prepare_csvs,
+    resolve_data_folder,
+    resolve_noise_csv,
+)
+from s3l_plugin.distributed import rank_and_world_size, unwrap_module
+from s3l_plugin.pretrained import save_encoder
+from s3l_plugin.pretraining import s3l_forward
+from s3l_plugin.training import S3LBrain, start_experiment
+
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from librispeech_prepare import prepare_librispeech  # noqa: E402
 
 logger = logging.getLogger(__name__)
+STAT_KEYS = ("loss", "batches", "accuracy", "frames", "audio", "padded")
 
 
-class S3LPretrain(GuardedTrainingMixin, sb.Brain):
-    """Brain for S3L pretraining: student (encoder + predictor) and teacher.
+class S3LPretrain(S3LBrain):
+    """Student (encoder + predictor) against an EMA teacher.
 
-    The teacher is a module (moved to the device, checkpointed) but has no
-    trainable parameter, so SpeechBrain neither optimises nor DDP-wraps it;
-    it keeps itself in eval mode whatever ``Brain`` asks.
-
-    ``fit_batch`` (:class:`GuardedTrainingMixin`) steps the optimizer only
-    when it can do good: a window of micro-batches whose audio was all
-    unusable, or whose loss or gradient is not finite, leaves the student,
-    the teacher, the LR schedule and the step count untouched.
+    The teacher is a module (moved to the device, checkpointed) without
+    trainable parameters, so SpeechBrain neither optimises nor DDP-wraps
+    it; it keeps itself in eval mode whatever ``Brain`` asks. ``main`` sets
+    ``noise_augment``.
     """
 
     def compute_forward(self, batch, stage):
@@ -94,20 +73,15 @@ class S3LPretrain(GuardedTrainingMixin, sb.Brain):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         train = stage == sb.Stage.TRAIN
-        hp = self.hparams
-        noise_stream = getattr(self, "noise_stream", None)
-        if train and noise_stream is not None:
-            # All the batch's noises in one read (see NoiseStream).
-            noise_stream.batch_size = wavs.shape[0]
         return s3l_forward(
             self.modules.student,
             self.modules.teacher,
-            self.features,
+            self.modules.teacher.encoder.features,
             wavs,
             wav_lens,
             noise_augment=self.noise_augment if train else None,
-            spec_augment=hp.spec_augment if train else None,
-            random_shift=hp.random_shift if train else None,
+            spec_augment=self.hparams.spec_augment if train else None,
+            random_shift=self.hparams.random_shift if train else None,
         )
 
     def compute_objectives(self, outputs, batch, stage):
@@ -118,54 +92,42 @@ class S3LPretrain(GuardedTrainingMixin, sb.Brain):
         # Detached running sums, per log interval and per stage: no host
         # sync until they are logged.
         frames = outputs.lengths.sum()
-        batch_samples = outputs.num_samples.numel() * batch.sig[0].shape[1]
+        padded = outputs.num_samples.numel() * batch.sig[0].shape[1]
         for stats in (self.interval_stats, self.stage_stats):
             stats["accuracy"] += accuracy.detach() * frames
             stats["frames"] += frames
-            stats["audio_samples"] += outputs.num_samples.sum()
-            stats["padded_samples"] += batch_samples
+            stats["audio"] += outputs.num_samples.sum()
+            stats["padded"] += padded
             stats["loss"] += loss.detach()
             stats["batches"] += 1
         return loss
 
-    def _placeholder_backward(self):
-        """Zero gradients through the DDP student, for a rank with no data.
-
-        The other ranks' backward passes wait for this rank's gradients
-        (and the forward broadcasts buffers): skipping would hang them.
-        """
-        student = self.modules.student
-        encoder = unwrap_module(student).encoder
-        frames = int(encoder.min_input_frames)
-        feats = torch.zeros(
-            1, frames, encoder.config["n_mels"], device=self.device
-        )
-        lengths = torch.tensor([frames], device=self.device)
-        with self.training_ctx:
-            predictions, _ = student(feats, lengths)
-        (predictions.float().sum() * 0.0).backward()
+    def init_optimizers(self):
+        """AdamW over the student only; one-cycle LR stepped per update."""
+        params = self.modules.student.parameters()
+        self.optimizer = self.opt_class(p for p in params if p.requires_grad)
+        self.optimizers_dict = {"optimizer": self.optimizer}
+        self.lr_scheduler = self.hparams.lr_scheduler(self.optimizer)
+        self.checkpointer.add_recoverable("optimizer", self.optimizer)
+        self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """EMA and LR are stepped once per optimizer step, after it.
-
-        ``should_step`` is True only if the optimizer did step.
-        """
-        if not should_step:
+        """The teacher and the LR follow each optimizer step taken."""
+        if not (should_step and self.stepped):
             return
-        momentum = self.modules.teacher.update(self.modules.student)
+        self.last_momentum = self.modules.teacher.update(self.modules.student)
         self.lr_scheduler.step()
-        self.last_momentum = momentum
         interval = self.hparams.log_interval
         if interval and self.optimizer_step % interval == 0:
-            self._log_progress()
+            self.log_progress()
 
-    def _log_progress(self):
+    def log_progress(self):
+        """Logs a ``train step {...}`` JSON line for the last interval."""
         if self.distributed_launch:
-            self._flush_skipped()
+            self.flush_skipped_audio()
         stats = {k: float(v) for k, v in self.interval_stats.items()}
         elapsed = time.time() - self.interval_start
-        sample_rate = self.hparams.sample_rate
-        audio_seconds = stats["audio_samples"] / sample_rate
+        audio_seconds = stats["audio"] / self.hparams.sample_rate
         summary = {
             "step": self.optimizer_step,
             # This process's batches (None: all its audio was unusable).
@@ -176,7 +138,7 @@ class S3LPretrain(GuardedTrainingMixin, sb.Brain):
             "lr": self.optimizer.param_groups[0]["lr"],
             "momentum": round(self.last_momentum, 6),
             "padded_fraction": round(
-                1 - stats["audio_samples"] / max(stats["padded_samples"], 1), 4
+                1 - stats["audio"] / max(stats["padded"], 1), 4
             ),
             "audio_s_per_s": round(audio_seconds / max(elapsed, 1e-9), 2),
             "skipped_audio": self.skipped_audio,
@@ -186,33 +148,12 @@ class S3LPretrain(GuardedTrainingMixin, sb.Brain):
             logger.info("train step " + json.dumps(summary))
         self.interval_stats = self._zero_stats()
         self.interval_start = time.time()
-        return summary
 
     def _zero_stats(self):
-        keys = (
-            "loss",
-            "batches",
-            "accuracy",
-            "frames",
-            "audio_samples",
-            "padded_samples",
-        )
-        return {key: torch.zeros((), device=self.device) for key in keys}
-
-    def init_optimizers(self):
-        """AdamW over the student only; one-cycle LR stepped per update."""
-        student = self.modules.student
-        params = [p for p in student.parameters() if p.requires_grad]
-        self.optimizer = self.opt_class(params)
-        self.optimizers_dict = {"optimizer": self.optimizer}
-        self.lr_scheduler = self.hparams.lr_scheduler(self.optimizer)
-        if self.checkpointer is not None:
-            self.checkpointer.add_recoverable("optimizer", self.optimizer)
-            self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
+        return {key: torch.zeros((), device=self.device) for key in STAT_KEYS}
 
     def on_fit_start(self):
-        """Features taken from the teacher; the checkpoint is recovered."""
-        self.features = self.modules.teacher.encoder.features
+        """Recovers the checkpoint; the teacher stays in eval mode."""
         super().on_fit_start()
         # The teacher was deep-copied from the student at construction;
         # after a resume it is the checkpointed teacher, never a new copy.
@@ -221,17 +162,14 @@ class S3LPretrain(GuardedTrainingMixin, sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the stage's running statistics."""
-        self._epoch = epoch
+        super().on_stage_start(stage, epoch)
         self.stage_stats = self._zero_stats()
         self.interval_stats = self._zero_stats()
         self.interval_start = time.time()
-        if stage == sb.Stage.TRAIN:
-            # SpeechBrain drops a partial window at an epoch's end.
-            self._reset_window()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs the stage's figures; checkpoints after validation."""
-        self._flush_skipped()
+        super().on_stage_end(stage, stage_loss, epoch)
         stats = {k: float(v) for k, v in self.stage_stats.items()}
         if stage != sb.Stage.TRAIN and stats["batches"]:
             # The mean over the batches evaluated; SpeechBrain's running
@@ -243,7 +181,6 @@ class S3LPretrain(GuardedTrainingMixin, sb.Brain):
         }
         if stage == sb.Stage.TRAIN:
             self.train_stats = stage_stats
-            self.write_cost()  # at each epoch's end
             return
         self.hparams.train_logger.log_stats(
             stats_meta={
@@ -257,18 +194,14 @@ class S3LPretrain(GuardedTrainingMixin, sb.Brain):
             train_stats=getattr(self, "train_stats", None),
             valid_stats=stage_stats,
         )
-        if stage == sb.Stage.VALID:
-            self.checkpointer.save_and_keep_only(
-                meta={
-                    "loss": stage_loss,
-                    "optimizer_step": self.optimizer_step,
-                },
-                num_to_keep=self.hparams.checkpoints_to_keep,
-            )
+        self.checkpointer.save_and_keep_only(
+            meta={"loss": stage_loss, "optimizer_step": self.optimizer_step},
+            num_to_keep=self.hparams.checkpoints_to_keep,
+        )
 
 
-def dataio_prepare(hparams, csv_folder):
-    """Train and valid datasets with their audio pipeline and sampler.
+def dataio_prepare(hparams):
+    """Train and valid datasets with their audio pipeline, and the sampler.
 
     The sampler is None without ``dynamic_batching`` (fixed-size batches).
     """
@@ -277,34 +210,25 @@ def dataio_prepare(hparams, csv_folder):
         max_seconds=hparams["max_duration"],
         min_seconds=hparams["min_duration"],
     )
-    datasets = {}
-    for name, csv_name in (
-        ("train", "train.csv"),
-        ("valid", f"{hparams['dev_splits'][0]}.csv"),
-    ):
+    datasets = []
+    for csv_name in ("train.csv", f"{hparams['dev_splits'][0]}.csv"):
         dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            os.path.join(csv_folder, csv_name)
+            os.path.join(hparams["csv_folder"], csv_name)
         )
         dataset = dataset.filtered_sorted(
             key_min_value={"duration": hparams["min_duration"]},
             key_max_value={"duration": hparams["max_duration"]},
             sort_key="duration",
         )
-        sb.dataio.dataset.add_dynamic_item([dataset], pipeline)
-        sb.dataio.dataset.set_output_keys(
-            [dataset], ["id", "sig", "audio_error"]
-        )
-        datasets[name] = dataset
-    sampler = make_train_sampler(hparams, datasets["train"])
-    return datasets["train"], datasets["valid"], sampler
+        datasets.append(dataset)
+    sb.dataio.dataset.add_dynamic_item(datasets, pipeline)
+    sb.dataio.dataset.set_output_keys(datasets, ["id", "sig", "audio_error"])
+    train, valid = datasets
+    return train, valid, make_train_sampler(hparams, train)
 
 
-def _rank():
-    return int(os.environ.get("RANK") or 0)
-
-
-def run_pretraining(argv):
-    """Runs the recipe; configuration mistakes raise ConfigError.
+def main(argv):
+    """Runs the recipe; configuration mistakes raise ``ConfigError``.
 
     Arguments
     ---------
@@ -316,65 +240,40 @@ def run_pretraining(argv):
     S3LPretrain
         The trained Brain.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    hparams = load_yaml(hparams_file, overrides)
-    check_run_options(hparams, run_opts)
-    resolve_checkpoint_interval(hparams, run_opts)
-
-    sb.utils.distributed.ddp_init_group(run_opts)
-    # The modules are built (alike on every rank); from here on each rank
-    # draws its own augmentations.
-    seed_rank(hparams["seed"], _rank())
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-
+    hparams, run_opts = start_experiment(argv)
     data_folder = resolve_data_folder(hparams)
     noise_csv = resolve_noise_csv(hparams, data_folder)
-    from librispeech_prepare import prepare_librispeech
+    prepare_csvs(
+        prepare_librispeech,
+        data_folder,
+        hparams["train_splits"] + hparams["dev_splits"],
+        save_folder=hparams["csv_folder"],
+        tr_splits=hparams["train_splits"],
+        dev_splits=hparams["dev_splits"],
+        te_splits=[],
+        merge_lst=hparams["train_splits"],
+        merge_name="train.csv",
+        skip_prep=hparams["skip_prep"],
+    )
+    train_set, valid_set, sampler = dataio_prepare(hparams)
 
-    csv_folder = hparams["csv_folder"]
-    try:
-        run_on_main(
-            prepare_librispeech,
-            kwargs={
-                "data_folder": data_folder,
-                "save_folder": csv_folder,
-                "tr_splits": hparams["train_splits"],
-                "dev_splits": hparams["dev_splits"],
-                "te_splits": [],
-                "merge_lst": hparams["train_splits"],
-                "merge_name": "train.csv",
-                "skip_prep": hparams["skip_prep"],
-            },
-        )
-    except FileNotFoundError as error:
-        raise ConfigError(
-            f"{error}: --data_folder must hold the splits "
-            f"{hparams['train_splits'] + hparams['dev_splits']}"
-        ) from error
-    train_set, valid_set, sampler = dataio_prepare(hparams, csv_folder)
-
-    checkpointer = AtomicCheckpointer.from_checkpointer(hparams["checkpointer"])
     brain = S3LPretrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
         run_opts=run_opts,
-        checkpointer=checkpointer,
+        checkpointer=hparams["checkpointer"],
     )
-    brain.noise_augment = hparams["noise_augment"](csv_file=noise_csv).to(
-        brain.device
+    # The noises' position is checkpointed (AddNoise does not save it).
+    noise_augment = hparams["noise_augment"](csv_file=noise_csv)
+    noise_stream = NoiseStream(
+        noise_augment.add_noise, hparams["seed"] + rank_and_world_size()[0]
     )
-    brain.noise_stream = NoiseStream(
-        brain.noise_augment.add_noise, hparams["seed"] + _rank()
+    brain.checkpointer.add_recoverable(
+        "noise_stream", noise_stream, optional_load=True
     )
-    prepare_resume(
-        checkpointer,
-        brain,
-        extra_recoverables={"noise_stream": brain.noise_stream},
+    brain.noise_augment = noise_stream.sized_to_batches(
+        noise_augment.to(brain.device)
     )
     # Brain only re-seeds samplers it built itself; without this the
     # dynamic batches would come in the same order every epoch.
@@ -405,31 +304,8 @@ def run_pretraining(argv):
             hparams["output_folder"],
         )
     brain.write_cost()
-    brain.dump_for_tests(
-        {
-            "student": unwrap_module(brain.modules.student).state_dict(),
-            "teacher": brain.modules.teacher.state_dict(),
-        }
-    )
     return brain
 
 
-def main(argv=None):
-    """Command-line entry: known mistakes end with one line, not a trace.
-
-    Arguments
-    ---------
-    argv : list of str, optional
-        Default ``sys.argv[1:]``.
-
-    Returns
-    -------
-    S3LPretrain
-        The trained Brain.
-    """
-    return run_cli(run_pretraining, sys.argv[1:] if argv is None else argv)
-
-
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    main()
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,497 @@
+"""The training core of the recipes: a ``Brain`` for long runs on real data.
+
+:class:`S3LBrain` extends SpeechBrain's ``Brain`` through its hooks, so
+that SpeechBrain's own ``fit_batch`` runs every batch that holds data:
+
+- Unusable audio (``SkipBadAudioCollate(empty_batch=True)``) is logged
+  with its reason (main process) and counted in ``skipped_audio``; a batch
+  left with no audio at all (an :class:`EmptyBatch`) trains nothing, and
+  under DDP its rank still joins the gradient all-reduce, with zero
+  gradients (:meth:`S3LBrain.placeholder_backward`).
+- ``optimizers_step`` clips every parameter group of every optimizer
+  (SpeechBrain clips the first group only) and skips a step that cannot do
+  good: no usable audio in the window, or a non-finite loss or gradient
+  norm, on any rank. Skipped steps leave the model, the LR schedule and
+  ``optimizer_step`` untouched and are counted in ``nonfinite_steps``.
+  ``--nonfinite_patience`` and ``--skip_nonfinite_grads`` mean what
+  SpeechBrain says: more non-finite losses in an epoch than the patience
+  stop the run (:class:`NonFiniteError`); with ``skip_nonfinite_grads``
+  the non-finite gradients are set to None and the step goes on.
+  ``self.stepped`` tells ``on_fit_batch_end`` whether the step happened.
+- Intra-epoch checkpoints (``--ckpt_interval_minutes`` or
+  ``--ckpt_interval_steps``, SpeechBrain's meaning) are saved only at
+  optimizer-step boundaries: one in the middle of an accumulation window
+  would lose the gradients gathered so far, and the resumed run would
+  differ from an uninterrupted one.
+- Exact resume: the random generators and counters of every process are
+  checkpointed; an interrupted save is cleaned up and a checkpoint of
+  another architecture stops the run at start-up.
+- An optional cost report (``cost.json``, :mod:`s3l_plugin.cost`).
+
+:func:`start_experiment` is the start-up both recipes share.
+"""
+
+import logging
+import random
+import time
+from contextlib import nullcontext
+
+import numpy
+import speechbrain as sb
+import torch
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
+from speechbrain.utils.distributed import if_main_process
+
+from s3l_plugin.checkpointing import (
+    AtomicCheckpointer,
+    CheckpointMismatchError,
+    PerRankState,
+    RandomState,
+    check_checkpoint_compatible,
+)
+from s3l_plugin.config import (
+    ConfigError,
+    NonFiniteError,
+    check_run_options,
+    load_yaml,
+    resolve_checkpoint_interval,
+)
+from s3l_plugin.cost import CostTracker
+from s3l_plugin.data.audio import EmptyBatch
+from s3l_plugin.distributed import rank_and_world_size, unwrap_module
+
+logger = logging.getLogger(__name__)
+
+
+class S3LBrain(sb.Brain):
+    """``Brain`` with guarded optimizer steps, bad-audio skipping and resume.
+
+    Subclasses write SpeechBrain's hooks as usual (calling ``super()`` in
+    ``on_stage_start`` and ``on_stage_end``). Their DDP modules must take
+    ``(features, lengths)`` and have an ``encoder`` (see
+    :meth:`placeholder_backward`). Evaluation stages should average their
+    loss over the batches actually evaluated: an :class:`EmptyBatch` gives
+    NaN, which SpeechBrain's running average skips but still counts.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        As for ``speechbrain.Brain``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skipped_audio = 0
+        self.nonfinite_steps = 0
+        self.stepped = False
+        self.cost_tracker = None
+        self._pending_skips = []
+        # This class saves the intra-epoch checkpoints, at step boundaries
+        # (fit_batch); SpeechBrain's own, after any micro-batch, are off.
+        self.checkpoint_minutes = self.ckpt_interval_minutes
+        self.checkpoint_steps = self.ckpt_interval_steps
+        self.ckpt_interval_minutes = self.ckpt_interval_steps = 0
+        self._last_checkpoint = (time.time(), 0)
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("random_state", RandomState())
+            self.checkpointer.add_recoverable(
+                "counters",
+                PerRankState(self.counters_state, self.load_counters_state),
+                optional_load=True,
+            )
+        self._reset_window()
+
+    # ---- Training batches --------------------------------------------------
+    def fit_batch(self, batch):
+        """SpeechBrain's ``fit_batch``, for a batch that holds audio.
+
+        Around it: the batch's unusable files are noted, an
+        :class:`EmptyBatch` only joins the step (SpeechBrain's
+        ``fit_batch`` has no notion of a batch without data), the cost
+        tracker measures it, and a due intra-epoch checkpoint is saved
+        once the optimizer step is done.
+
+        Arguments
+        ---------
+        batch : PaddedBatch or EmptyBatch
+            From ``SkipBadAudioCollate(empty_batch=True)``.
+
+        Returns
+        -------
+        torch.Tensor
+            The detached loss (NaN for an empty batch).
+        """
+        self._note_skipped(batch.skipped, sb.Stage.TRAIN)
+        if isinstance(batch, EmptyBatch):
+            loss = self._fit_empty_batch(batch)
+        else:
+            self._window_batches += 1
+            with self._measure(batch):
+                loss = super().fit_batch(batch)
+        at_boundary = self.step % self.grad_accumulation_factor == 0
+        if at_boundary and self._intra_epoch_checkpoint_due():
+            self.checkpointer.save_and_keep_only(
+                end_of_epoch=False,
+                num_to_keep=1,
+                ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta,
+                meta={INTRA_EPOCH_CKPT_FLAG: True},
+                verbosity=logging.DEBUG,
+            )
+            self._last_checkpoint = (time.time(), self.step)
+        return loss
+
+    def _fit_empty_batch(self, batch):
+        should_step = self.step % self.grad_accumulation_factor == 0
+        self.on_fit_batch_start(batch, should_step)
+        if self.distributed_launch:
+            with self.no_sync(not should_step):
+                self.placeholder_backward()
+        if should_step:
+            self.optimizers_step()
+        self.on_fit_batch_end(batch, None, None, should_step)
+        return torch.tensor(float("nan"))
+
+    def placeholder_backward(self):
+        """Zero gradients through every DDP module, for a rank with no data.
+
+        The other ranks' backward passes wait for this rank's gradients
+        (and the forward broadcasts buffers): skipping would hang them.
+        """
+        for module in self.modules.values():
+            if not isinstance(
+                module, torch.nn.parallel.DistributedDataParallel
+            ):
+                continue
+            encoder = unwrap_module(module).encoder
+            frames = int(encoder.min_input_frames)
+            feats = torch.zeros(
+                1, frames, encoder.config["n_mels"], device=self.device
+            )
+            lengths = torch.tensor([frames], device=self.device)
+            with self.training_ctx:
+                outputs = module(feats, lengths)
+            (outputs[0].float().sum() * 0.0).backward()
+
+    def _measure(self, batch):
+        """The cost tracker's context for this micro-batch (or a no-op)."""
+        if self.cost_tracker is None:
+            return nullcontext()
+        wavs, rel_lens = batch.sig
+        seconds = wavs.shape[-1] / self.hparams.sample_rate
+        return self.cost_tracker.micro_batch(
+            audio_seconds=float(rel_lens.sum()) * seconds,
+            padded_seconds=wavs.shape[0] * seconds,
+        )
+
+    # ---- Guarded optimizer step --------------------------------------------
+    def check_loss_isfinite(self, loss):
+        """Notes a non-finite loss; :meth:`optimizers_step` acts on it.
+
+        No host sync here: the window's count is read once per step.
+
+        Arguments
+        ---------
+        loss : torch.Tensor
+            The scaled loss of one micro-batch.
+        """
+        bad = (~torch.isfinite(loss.detach())).long()
+        self._window_nonfinite_losses = self._window_nonfinite_losses + bad
+
+    def _reset_window(self):
+        """Forgets the state of the accumulation window."""
+        self._window_batches = 0
+        self._window_nonfinite_losses = torch.zeros(
+            (), dtype=torch.long, device=self.device
+        )
+
+    def optimizers_step(self):
+        """Clips every group, then steps unless the step cannot do good.
+
+        Skipped (gradients dropped, no LR or step count change): a window
+        with no usable audio on any rank, or a non-finite loss or gradient
+        norm on any rank. The decision is all-reduced, so every DDP rank
+        takes the same one. Sets ``self.stepped``.
+        """
+        optimizers = self.optimizers_dict or {"optimizer": self.optimizer}
+        optimizers = list(self.freeze_optimizers(optimizers).values())
+        for optimizer in optimizers:
+            self.scaler.unscale_(optimizer)
+        if self.skip_nonfinite_grads and not self.scaler.is_enabled():
+            self.check_gradients()
+        norms = [
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in opt.param_groups for p in group["params"]],
+                self.max_grad_norm,
+            ).to(self.device)
+            for opt in optimizers
+        ]
+        flags = torch.stack(
+            [
+                self._window_nonfinite_losses.float(),
+                (~torch.isfinite(torch.stack(norms))).any().float(),
+                torch.tensor(float(self._window_batches), device=self.device),
+            ]
+        )
+        self._reset_window()
+        if self.distributed_launch:
+            torch.distributed.all_reduce(flags)
+        bad_losses, bad_grad, batches = (int(flag) for flag in flags.tolist())
+        self.stepped = batches > 0 and not (bad_losses or bad_grad)
+        if self.stepped:
+            for optimizer in optimizers:
+                self.scaler.step(optimizer)
+            self.scaler.update()
+            self.optimizer_step += 1
+        else:
+            if self.scaler.is_enabled():
+                self.scaler.update()  # lowers the fp16 loss scale
+            self._report_skipped_step(bad_losses, bad_grad, batches)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def _report_skipped_step(self, bad_losses, bad_grad, batches):
+        if not batches:
+            self._log_skipped_step("no usable audio in its batches")
+            return
+        if self.scaler.is_enabled() and not bad_losses:
+            if self.scaler.get_scale() >= 1.0:
+                # fp16 overflow: the loss scaler's business, not a failure.
+                self._log_skipped_step(
+                    "fp16 gradient overflow, loss scale lowered to %g",
+                    self.scaler.get_scale(),
+                    level=logging.INFO,
+                )
+                return
+        self.nonfinite_steps += 1
+        if not bad_losses:
+            self._log_skipped_step("non-finite gradient")
+            return
+        self.nonfinite_count += bad_losses
+        self._log_skipped_step(
+            "non-finite loss (%d in this epoch; the run stops after more "
+            "than %d)",
+            self.nonfinite_count,
+            self.nonfinite_patience,
+        )
+        if self.nonfinite_count > self.nonfinite_patience:
+            raise NonFiniteError(
+                f"the loss was not finite in {self.nonfinite_count} batches "
+                f"of this epoch (by optimizer step {self.optimizer_step}); "
+                "lower the learning rate, check the data, or train in "
+                "--precision=fp32 (--nonfinite_patience, now "
+                f"{self.nonfinite_patience}, sets how many an epoch may have)"
+            )
+
+    def _log_skipped_step(self, reason, *args, level=logging.WARNING):
+        # Every rank takes the same decision: the main process says it.
+        if if_main_process():
+            logger.log(
+                level,
+                "Optimizer step %d skipped: " + reason,
+                self.optimizer_step + 1,
+                *args,
+            )
+
+    # ---- Intra-epoch checkpoints -------------------------------------------
+    def _intra_epoch_checkpoint_due(self):
+        """Whether the interval since the last checkpoint has passed.
+
+        SpeechBrain's rule (minutes, or micro-batches since the last save
+        or the start of the epoch), decided by the main process.
+        """
+        minutes, steps = self.checkpoint_minutes, self.checkpoint_steps
+        if self.checkpointer is None or (minutes <= 0 and steps <= 0):
+            return False
+        last_time, last_step = self._last_checkpoint
+        due = 0 < minutes < (time.time() - last_time) / 60.0
+        due = due or 0 < steps <= self.step - last_step
+        if self.distributed_launch:
+            decision = [due]
+            torch.distributed.broadcast_object_list(decision, src=0)
+            due = decision[0]
+        return due
+
+    # ---- Stages ------------------------------------------------------------
+    def on_fit_start(self):
+        """Cleans up an interrupted save and checks the checkpoint fits.
+
+        Then SpeechBrain's start (optimizers, recovery).
+
+        Raises
+        ------
+        ConfigError
+            If the latest checkpoint was written by another architecture.
+        """
+        if isinstance(self.checkpointer, AtomicCheckpointer):
+            self.checkpointer.remove_incomplete()
+        if self.checkpointer is not None:
+            try:
+                resumed = check_checkpoint_compatible(self.checkpointer)
+            except CheckpointMismatchError as error:
+                raise ConfigError(str(error)) from error
+            if resumed:
+                logger.info("Resuming from %s", resumed)
+        super().on_fit_start()
+
+    def on_stage_start(self, stage, epoch=None):
+        """Starts the accumulation window and checkpoint interval afresh.
+
+        SpeechBrain drops a partial window at an epoch's end.
+        """
+        if stage == sb.Stage.TRAIN:
+            self._reset_window()
+            self._last_checkpoint = (time.time(), self.step)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs the stage's skipped audio; writes the cost after training."""
+        self.flush_skipped_audio()
+        if stage == sb.Stage.TRAIN:
+            self.write_cost()
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch, stage):
+        """SpeechBrain's ``evaluate_batch``; NaN for an :class:`EmptyBatch`."""
+        self._note_skipped(batch.skipped, stage)
+        if isinstance(batch, EmptyBatch):
+            return torch.tensor(float("nan"))
+        return super().evaluate_batch(batch, stage)
+
+    # ---- Skipped audio -----------------------------------------------------
+    def _note_skipped(self, skipped, stage):
+        """Queues skipped files for logging in the main process."""
+        if stage != sb.Stage.TRAIN and rank_and_world_size()[0] != 0:
+            return  # every rank evaluates the same files: count them once
+        self._pending_skips.extend(skipped)
+        if not self.distributed_launch:
+            self.flush_skipped_audio()
+
+    def flush_skipped_audio(self):
+        """Logs (main process) and counts the files skipped on all ranks.
+
+        Collective under DDP: every rank calls it at the same points.
+        """
+        pending, self._pending_skips = self._pending_skips, []
+        gathered = [pending]
+        if self.distributed_launch:
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, pending)
+        for rank_skips in gathered:
+            for utt_id, reason in rank_skips:
+                self.skipped_audio += 1
+                if if_main_process():
+                    logger.warning("Skipped audio %s: %s", utt_id, reason)
+
+    # ---- Checkpointed counters ---------------------------------------------
+    def counters_state(self):
+        """The run's counters, for the checkpoint."""
+        return {
+            "skipped_audio": self.skipped_audio,
+            "nonfinite_steps": self.nonfinite_steps,
+        }
+
+    def load_counters_state(self, state):
+        """Restores :meth:`counters_state`."""
+        self.skipped_audio = state["skipped_audio"]
+        self.nonfinite_steps = state["nonfinite_steps"]
+
+    # ---- Cost report -------------------------------------------------------
+    def start_cost_tracker(self, projection=None):
+        """Measures the training micro-batches from now on.
+
+        Arguments
+        ---------
+        projection : dict, optional
+            ``steps``, ``micro_batches``, ``batch_seconds`` of the run the
+            cost is projected to (default: the paper's pretraining).
+        """
+        self.cost_tracker = CostTracker(
+            self.hparams.output_folder, self.device, projection=projection
+        )
+
+    def write_cost(self):
+        """Writes ``<output_folder>/cost.json`` (main process only).
+
+        Returns
+        -------
+        dict or None
+            The report written, None if not written here.
+        """
+        if self.cost_tracker is None or not if_main_process():
+            return None
+        return self.cost_tracker.write(
+            {
+                "optimizer_steps": self.optimizer_step,
+                "epoch": self.hparams.epoch_counter.current,
+                "skipped_audio": self.skipped_audio,
+                "nonfinite_steps": self.nonfinite_steps,
+            }
+        )
+
+
+def seed_rank(seed, rank):
+    """Gives each DDP rank its own random streams, after model building.
+
+    SpeechBrain seeds every rank alike, so that the models they build are
+    identical; the ranks would then also draw the same augmentations and
+    dropout masks. Call this once the modules exist. Rank 0 keeps its
+    stream, so a one-process run is unchanged.
+
+    Arguments
+    ---------
+    seed : int
+        The run's seed.
+    rank : int
+        This process's rank.
+
+    Example
+    -------
+    >>> seed_rank(1986, 1)
+    >>> a = torch.rand(1)
+    >>> seed_rank(1986, 1)
+    >>> torch.equal(a, torch.rand(1))
+    True
+    """
+    if rank == 0:
+        return
+    derived = (int(seed) + 1000003 * int(rank)) % (2**32)
+    random.seed(derived)
+    numpy.random.seed(derived)
+    torch.manual_seed(derived)
+
+
+def start_experiment(argv):
+    """What every recipe does first: options, checks, DDP, output folder.
+
+    Loads the YAML (which builds the modules, alike on every rank), checks
+    the run options, starts DDP, gives each rank its own random streams
+    and creates the output folder.
+
+    Arguments
+    ---------
+    argv : list of str
+        Command-line arguments (YAML file, then options).
+
+    Returns
+    -------
+    hparams : dict
+        The loaded YAML.
+    run_opts : dict
+        SpeechBrain's run options, for ``Brain``.
+
+    Raises
+    ------
+    ConfigError
+        For a mistake in the YAML, the overrides or the run options.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams = load_yaml(hparams_file, overrides)
+    check_run_options(hparams, run_opts)
+    resolve_checkpoint_interval(hparams, run_opts)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    seed_rank(hparams["seed"], rank_and_world_size()[0])
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    return hparams, run_opts
