@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from speechbrain.augment.time_domain import AddNoise
 from torch import nn
 
+from s3l_plugin.lengths import relative_to_absolute, valid_mask, zero_padding
+
 
 def _uniform_int(high, generator=None):
     """Integers uniform in ``{0, ..., high}``, elementwise (``high >= 0``)."""
@@ -272,10 +274,8 @@ class RandomShift(nn.Module):
             left = drawn_left if left is None else left
             right = drawn_right if right is None else right
         feat_lens = feat_lens.to(feats.device).long()
-        frames = torch.arange(feats.shape[1], device=feats.device)
-        padding = frames >= feat_lens.unsqueeze(1)
         # Zero past each end, so each utterance's right padding follows it.
-        feats = feats.masked_fill(padding.unsqueeze(-1), 0.0)
+        feats = zero_padding(feats, feat_lens)
         feats = F.pad(feats, (0, 0, self.unit * left, self.unit * right))
         return feats, feat_lens + self.unit * (left + right), left, right
 
@@ -394,7 +394,6 @@ class NoiseAugment(nn.Module):
             torch.rand(batch, generator=generator, device=wavs.device)
             < self.prob
         )
-        lengths = torch.round(wav_lens.to(wavs.device) * num_samples)
-        samples = torch.arange(num_samples, device=wavs.device)
-        inside = samples < lengths.unsqueeze(1)
+        lengths = relative_to_absolute(wav_lens.to(wavs.device), num_samples)
+        inside = valid_mask(lengths, num_samples)
         return torch.where(chosen.unsqueeze(1) & inside, noisy, wavs)

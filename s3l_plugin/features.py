@@ -16,30 +16,7 @@ import torch
 import torchaudio
 from torch import nn
 
-
-def relative_to_absolute(rel_lens, max_len):
-    """Absolute lengths from SpeechBrain's relative lengths.
-
-    Rounds ``rel_lens * max_len`` as ``speechbrain.dataio`` does.
-
-    Arguments
-    ---------
-    rel_lens : torch.Tensor
-        (B,) lengths relative to ``max_len``, in (0, 1].
-    max_len : int
-        Padded length of the batch.
-
-    Returns
-    -------
-    torch.Tensor
-        (B,) long absolute lengths.
-
-    Example
-    -------
-    >>> relative_to_absolute(torch.tensor([1.0, 0.5, 0.26]), 10)
-    tensor([10,  5,  3])
-    """
-    return torch.round(rel_lens.float() * max_len).long()
+from s3l_plugin.lengths import relative_to_absolute, valid_mask
 
 
 def reflect_pad_index(lengths, max_len, pad):
@@ -235,7 +212,7 @@ class MelFeatures(nn.Module):
         with torch.autocast(device_type=wavs.device.type, enabled=False):
             feats = self._log_mel(wavs.float(), num_samples)
             feat_lens = self.num_frames(num_samples)
-            valid = _frame_mask(feat_lens, feats.shape[1]).unsqueeze(-1)
+            valid = valid_mask(feat_lens, feats.shape[1]).unsqueeze(-1)
             floor = feats.masked_fill(~valid, float("-inf")).amax(dim=(1, 2))
             feats = torch.maximum(feats, (floor - self.top_db)[:, None, None])
             if self.normalize:
@@ -272,12 +249,6 @@ class MelFeatures(nn.Module):
         power = spec.real.square() + spec.imag.square()
         mel = torch.matmul(power.transpose(1, 2), self.mel_fbanks)
         return 10.0 * torch.log10(mel.clamp(min=self.amin))
-
-
-def _frame_mask(lengths, max_len):
-    """(B, max_len) bool, True on the first ``lengths[b]`` frames."""
-    frames = torch.arange(max_len, device=lengths.device)
-    return frames.unsqueeze(0) < lengths.unsqueeze(1)
 
 
 def _normalize_valid(feats, valid, lengths, eps=1e-5):

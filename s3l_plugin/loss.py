@@ -13,29 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def valid_frames(lengths, max_len):
-    """Boolean mask of the frames inside each utterance.
-
-    Arguments
-    ---------
-    lengths : torch.Tensor
-        (B,) frame counts.
-    max_len : int
-        Padded length T.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, T) bool, True on valid frames.
-
-    Example
-    -------
-    >>> valid_frames(torch.tensor([2, 3]), 3).tolist()
-    [[True, True, False], [True, True, True]]
-    """
-    frames = torch.arange(max_len, device=lengths.device)
-    return frames < lengths.unsqueeze(1)
+from s3l_plugin.lengths import valid_mask
 
 
 def sample_negatives(lengths, max_len, num_negatives, generator=None):
@@ -238,7 +216,7 @@ class ContrastiveLoss(nn.Module):
             _same_as_positive(targets, negatives), float("-inf")
         )
         logits = torch.cat((positive, negative), dim=-1) / self.temperature
-        valid = valid_frames(lengths, max_len) & (lengths >= 2).unsqueeze(1)
+        valid = valid_mask(lengths, max_len) & (lengths >= 2).unsqueeze(1)
         return logits, valid
 
     def forward(self, predictions, targets, lengths, generator=None):

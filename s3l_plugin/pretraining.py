@@ -9,6 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from s3l_plugin.lengths import relative_to_absolute
+
 
 class S3LStudent(nn.Module):
     """The trained half of S3L: encoder, projection and predictor.
@@ -148,7 +150,7 @@ def s3l_inputs(features, wavs, wav_lens, noise_augment=None, spec_augment=None):
     >>> inputs.student_feats is inputs.clean_feats, inputs.feat_lens.tolist()
     (True, [11, 6])
     """
-    num_samples = torch.round(wav_lens * wavs.shape[1]).long()
+    num_samples = relative_to_absolute(wav_lens, wavs.shape[1])
     batch_size = wavs.shape[0]
     if noise_augment is not None:
         noisy = noise_augment(wavs, wav_lens)

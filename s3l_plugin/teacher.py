@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from s3l_plugin.lengths import zero_padding
+
 
 def cosine_momentum(step, total_steps, base=0.995, final=1.0):
     """EMA momentum at an optimizer step.
@@ -370,12 +372,8 @@ class EMATeacher(nn.Module):
                 stop = out.shape[1] if num_frames is None else left + num_frames
                 out = out[:, left:stop]
             targets = self.encoder.proj(out)
-            frames = torch.arange(
-                left, left + targets.shape[1], device=targets.device
-            )
-            padding = frames >= encoded.lengths.unsqueeze(1)
             # The projection's bias would make padded frames non-zero.
-            targets = targets.masked_fill(padding.unsqueeze(-1), 0.0)
+            targets = zero_padding(targets, encoded.lengths - left)
         return targets, encoded.lengths
 
 
