@@ -43,12 +43,12 @@ Authors
  * S3L contributors 2025
 """
 
-import argparse
 import sys
 
 import torch
 from benchutils import (
     autocast,
+    benchmark_parser,
     count_parameters,
     describe_device,
     fmt,
@@ -56,6 +56,7 @@ from benchutils import (
     interleaved_medians,
     measure_peak_memory,
     memory_method,
+    parse_benchmark_args,
 )
 from speechbrain.lobes.models.transformer.Transformer import (
     PositionalEncoding,
@@ -64,8 +65,9 @@ from speechbrain.lobes.models.transformer.Transformer import (
 from speechbrain.nnet.attention import RelPosEncXL
 from torch import nn
 
-from s3l_plugin.attention import flash_kernel_available, make_padding_mask
-from s3l_plugin.encoder import TransformerStack
+from s3l_plugin.attention import flash_kernel_available
+from s3l_plugin.lengths import padding_mask
+from s3l_plugin.transformer import TransformerStack
 
 HEADERS = [
     "duration_s",
@@ -93,9 +95,12 @@ def parse_args(argv=None):
     -------
     argparse.Namespace
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default=None, help="default: cuda if any")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = benchmark_parser(
+        __doc__,
+        repeats=5,
+        precision="device",
+        tiny="tiny sizes and 1 repeat, to test the script",
+    )
     parser.add_argument(
         "--durations",
         type=float,
@@ -118,13 +123,6 @@ def parse_args(argv=None):
         default=[1.0, 0.85, 0.7, 0.55],
         help="utterance lengths relative to the longest (cycled)",
     )
-    parser.add_argument(
-        "--precision",
-        nargs="+",
-        choices=("fp32", "bf16", "fp16"),
-        default=None,
-        help="default: bf16 on CUDA, fp32 on CPU",
-    )
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--d-model", type=int, default=512)
     parser.add_argument("--nhead", type=int, default=8)
@@ -136,17 +134,7 @@ def parse_args(argv=None):
         help="dropout and attention dropout (0.1 in training)",
     )
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--tiny",
-        action="store_true",
-        help="tiny sizes and 1 repeat, to test the script",
-    )
-    args = parser.parse_args(argv)
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.precision is None:
-        args.precision = ["bf16" if args.device.startswith("cuda") else "fp32"]
+    args = parse_benchmark_args(parser, argv)
     if args.tiny:
         args.d_model, args.nhead, args.d_ffn = 32, 4, 64
         args.repeats = 1
@@ -190,7 +178,7 @@ class S3LVariant(nn.Module):
         """Encodes a padded batch; (B, T, d) -> (B, T, d)."""
         if not self.layers_only:
             return self.stack(x, lengths)[0]
-        key_padding_mask = make_padding_mask(lengths, x.shape[1])
+        key_padding_mask = padding_mask(lengths, x.shape[1])
         frame_padding = key_padding_mask.unsqueeze(-1)
         for layer in self.stack.layers:
             x = layer(x, key_padding_mask).masked_fill(frame_padding, 0.0)
@@ -231,7 +219,7 @@ class SpeechBrainVariant(nn.Module):
 
     def forward(self, x, lengths):
         """Encodes a padded batch; (B, T, d) -> (B, T, d)."""
-        padding = make_padding_mask(lengths, x.shape[1])
+        padding = padding_mask(lengths, x.shape[1])
         pos_embs = None
         if self.attention_type == "RelPosMHAXL":
             pos_embs = self.positions(x)
@@ -259,7 +247,7 @@ def build_variants(args, max_len):
         Name -> module (on the device, in train mode).
     """
     backends = ["math", "sdpa"]
-    if torch.device(args.device).type == "cuda" and flash_kernel_available():
+    if flash_kernel_available(args.device):
         backends.append("flash_attn")
     variants = {}
     for backend in backends:

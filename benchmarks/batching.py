@@ -36,7 +36,7 @@ random waveforms of the drawn lengths.
 
 Example::
 
-    python benchmarks/batching.py                     # tiny model on CPU
+    python benchmarks/batching.py                     # toy model on CPU
     python benchmarks/batching.py --model paper --device cuda
     python benchmarks/batching.py --tiny              # seconds, for tests
 
@@ -44,28 +44,23 @@ Authors
  * S3L contributors 2025
 """
 
-import argparse
+import functools
 import sys
-import time
 
 import numpy as np
 import torch
 from benchutils import (
-    autocast,
+    S3LParts,
+    benchmark_parser,
     describe_device,
     fmt,
     format_table,
-    synchronize,
+    parse_benchmark_args,
+    time_call,
 )
 from speechbrain.dataio.sampler import DynamicBatchSampler
 
-from s3l_plugin.augment import NoiseAugment, RandomShift, SpecAugment
 from s3l_plugin.data.batching import quantile_bucket_boundaries
-from s3l_plugin.encoder import S3LEncoder
-from s3l_plugin.loss import ContrastiveLoss
-from s3l_plugin.predictor import Predictor
-from s3l_plugin.pretraining import S3LStudent, s3l_forward
-from s3l_plugin.teacher import EMATeacher
 
 HEADERS = [
     "batching",
@@ -102,13 +97,11 @@ def parse_args(argv=None):
     -------
     argparse.Namespace
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default=None, help="default: cuda if any")
-    parser.add_argument(
-        "--model",
-        choices=("tiny", "paper"),
-        default=None,
-        help="S3L size for the throughput (default: paper on CUDA, tiny on CPU)",
+    parser = benchmark_parser(
+        __doc__,
+        precision="device",
+        model="device",
+        tiny="small corpus, 60 s batches, 1 step each: to test the script",
     )
     parser.add_argument(
         "--utterances", type=int, default=TRAIN_CLEAN_100["utterances"]
@@ -128,28 +121,9 @@ def parse_args(argv=None):
         help="default: the dynamic batches' mean utterance count",
     )
     parser.add_argument("--throughput-batches", type=int, default=3)
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default=None,
-        help="default: bf16 on CUDA, fp32 on CPU",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--tiny",
-        action="store_true",
-        help="small corpus, 60 s batches, 1 step each: to test the script",
-    )
-    args = parser.parse_args(argv)
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = args.device.startswith("cuda")
-    if args.model is None:
-        args.model = "paper" if cuda else "tiny"
-    if args.precision is None:
-        args.precision = "bf16" if cuda else "fp32"
+    args = parse_benchmark_args(parser, argv)
+    args.precision = args.precision[0]
     if args.tiny:
-        args.model = "tiny"
         args.utterances = 400
         args.max_batch_length = 60.0
         args.num_buckets = 10
@@ -342,7 +316,7 @@ def padding_stats(batches, durations):
     }
 
 
-class S3LMicroBatch:
+class S3LMicroBatch(S3LParts):
     """Forward, loss and backward of the S3L step on one padded batch.
 
     Arguments
@@ -352,39 +326,12 @@ class S3LMicroBatch:
     """
 
     def __init__(self, args):
-        self.device = torch.device(args.device)
+        super().__init__(args.model, args.device, args.seed)
         self.precision = args.precision
-        torch.manual_seed(args.seed)
-        if args.model == "tiny":
-            config = S3LEncoder.tiny_config()
-            predictor = Predictor(config["proj_dim"], (16, 16, 16))
-        else:
-            config, predictor = {}, Predictor()
-        encoder = S3LEncoder(**config)
-        self.student = S3LStudent(encoder, predictor).to(self.device).train()
-        self.teacher = EMATeacher(encoder).to(self.device)
-        self.noise = NoiseAugment(prob=0.5).to(self.device).train()
-        self.spec_augment = SpecAugment().train()
-        self.random_shift = RandomShift()
-        self.loss_fn = ContrastiveLoss()
 
     def __call__(self, wavs, wav_lens):
         """One micro-batch (gradients accumulate, as between steps)."""
-        with autocast(self.device, self.precision):
-            outputs = s3l_forward(
-                self.student,
-                self.teacher,
-                self.teacher.encoder.features,
-                wavs,
-                wav_lens,
-                noise_augment=self.noise,
-                spec_augment=self.spec_augment,
-                random_shift=self.random_shift,
-            )
-            loss, _ = self.loss_fn(
-                outputs.predictions, outputs.targets, outputs.lengths
-            )
-        loss.backward()
+        self.loss(wavs, wav_lens, self.precision).backward()
         self.student.zero_grad(set_to_none=True)
 
 
@@ -460,11 +407,8 @@ def throughput(step, batch_lists, durations, args):
             if index >= len(batches):
                 continue
             wavs, wav_lens, seconds = batches[index]
-            synchronize(args.device)
-            start = time.perf_counter()
-            step(wavs, wav_lens)
-            synchronize(args.device)
-            spent[name] += time.perf_counter() - start
+            call = functools.partial(step, wavs, wav_lens)
+            spent[name] += time_call(call, args.device)
             audio[name] += seconds
     return {
         name: (

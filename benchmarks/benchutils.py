@@ -1,4 +1,10 @@
-"""Shared helpers of the benchmark scripts: timing, peak memory, tables.
+"""Shared set-up of the benchmark scripts: options, models, timing, memory.
+
+Options: ``benchmark_parser`` adds the options every script shares
+(``--device``, ``--seed``, ``--tiny`` and, where asked, ``--repeats``,
+``--warmup``, ``--precision``, ``--model``) and ``parse_benchmark_args``
+fills the device-dependent defaults. ``S3LParts`` builds the S3L
+pretraining modules as the recipe does and computes the step's loss.
 
 Timing: ``time.perf_counter`` around the measured call, with
 ``torch.cuda.synchronize`` before each reading on CUDA. Compared variants
@@ -25,6 +31,7 @@ Authors
  * S3L contributors 2025
 """
 
+import argparse
 import contextlib
 import os
 import platform
@@ -36,7 +43,209 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from s3l_plugin.augment import NoiseAugment, RandomShift, SpecAugment
+from s3l_plugin.encoder import S3LEncoder, architecture
+from s3l_plugin.loss import ContrastiveLoss
+from s3l_plugin.predictor import Predictor
+from s3l_plugin.pretraining import S3LStudent, s3l_forward
+from s3l_plugin.teacher import EMATeacher
+
 MIB = 2.0**20
+PRECISIONS = ("fp32", "bf16", "fp16")
+MODELS = ("paper", "toy")
+
+
+def benchmark_parser(
+    doc, repeats=None, warmup=None, precision=None, model=None, tiny=None
+):
+    """An ``ArgumentParser`` with the options the benchmarks share.
+
+    Arguments
+    ---------
+    doc : str
+        The script's docstring (its first line is the description).
+    repeats, warmup : int, optional
+        Defaults of ``--repeats`` and ``--warmup``; None: no such option.
+    precision : str or list of str, optional
+        Default of ``--precision`` (one or more of ``PRECISIONS``):
+        ``"device"`` means bf16 on CUDA, fp32 elsewhere; None: no option.
+    model : str, optional
+        Default of ``--model`` (``"paper"`` or ``"toy"``, the 16-d test
+        size); ``"device"``: paper on CUDA, toy elsewhere; None: no option.
+    tiny : str, optional
+        Help of ``--tiny`` (the script's quick test settings).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        ``parse_benchmark_args`` resolves its defaults.
+
+    Example
+    -------
+    >>> parser = benchmark_parser("Demo.", repeats=5, precision="device")
+    >>> args = parse_benchmark_args(parser, ["--device", "cpu"])
+    >>> args.repeats, args.precision
+    (5, ['fp32'])
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.set_defaults(
+        default_precision=precision, default_model=model, tiny=False
+    )
+    parser.add_argument("--device", default=None, help="default: cuda if any")
+    parser.add_argument("--seed", type=int, default=0)
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats)
+    if warmup is not None:
+        parser.add_argument("--warmup", type=int, default=warmup)
+    if precision is not None:
+        parser.add_argument(
+            "--precision",
+            nargs="+",
+            choices=PRECISIONS,
+            default=None,
+            help=f"default: {_describe_default(precision)}",
+        )
+    if model is not None:
+        parser.add_argument(
+            "--model",
+            choices=MODELS,
+            default=None,
+            help=f"S3L size (default: {_describe_default(model, 'paper')})",
+        )
+    if tiny is not None:
+        parser.add_argument("--tiny", action="store_true", help=tiny)
+    return parser
+
+
+def _describe_default(default, cuda_value="bf16"):
+    if default != "device":
+        return " ".join(default) if isinstance(default, list) else default
+    other = "toy" if cuda_value == "paper" else "fp32"
+    return f"{cuda_value} on CUDA, {other} elsewhere"
+
+
+def parse_benchmark_args(parser, argv=None):
+    """Parses ``argv`` and fills the device-dependent defaults.
+
+    Arguments
+    ---------
+    parser : argparse.ArgumentParser
+        From ``benchmark_parser``.
+    argv : list of str, optional
+        Arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    argparse.Namespace
+        ``device`` set; ``precision`` a list and ``model`` a name where the
+        parser has them (``--tiny`` forces the toy model).
+    """
+    args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = torch.device(args.device).type == "cuda"
+    if args.default_precision is not None and args.precision is None:
+        default = args.default_precision
+        if default == "device":
+            default = ["bf16" if cuda else "fp32"]
+        args.precision = [default] if isinstance(default, str) else default
+    if args.default_model is not None:
+        if args.tiny:
+            args.model = "toy"
+        elif args.model is None:
+            args.model = args.default_model
+            if args.model == "device":
+                args.model = "paper" if cuda else "toy"
+    return args
+
+
+class S3LParts:
+    """The modules of an S3L pretraining step, built as the recipe does.
+
+    Arguments
+    ---------
+    model : str
+        ``"paper"`` or ``"toy"`` (16-d).
+    device : torch.device or str
+        Where the modules go.
+    seed : int
+        Seeds the initialisation.
+    attention_backend, conv_impl : str
+        Runtime knobs of every layer (``s3l_plugin.runtime``).
+    teacher_class : type
+        ``EMATeacher`` or a subclass.
+
+    Example
+    -------
+    >>> parts = S3LParts("toy", "cpu", seed=0)
+    >>> loss = parts.loss(torch.randn(2, 16000), torch.ones(2), "fp32")
+    >>> loss.dim()
+    0
+    """
+
+    def __init__(
+        self,
+        model,
+        device,
+        seed,
+        attention_backend="auto",
+        conv_impl="auto",
+        teacher_class=EMATeacher,
+    ):
+        self.device = torch.device(device)
+        torch.manual_seed(seed)
+        if model == "toy":
+            arch = architecture("toy")
+            predictor = Predictor(
+                arch["proj_dim"], (16, 16, 16), conv_impl=conv_impl
+            )
+        else:
+            arch = architecture("base")
+            predictor = Predictor(conv_impl=conv_impl)
+        encoder = S3LEncoder(
+            **arch, attention_backend=attention_backend, conv_impl=conv_impl
+        )
+        self.student = S3LStudent(encoder, predictor).to(self.device).train()
+        self.teacher = teacher_class(encoder, total_steps=12500)
+        self.teacher.to(self.device)
+        self.features = self.teacher.encoder.features
+        self.noise = NoiseAugment(prob=0.5).to(self.device).train()
+        self.spec_augment = SpecAugment().train()
+        self.random_shift = RandomShift()
+        self.loss_fn = ContrastiveLoss()
+
+    def loss(self, wavs, wav_lens, precision):
+        """The step's loss: ``s3l_forward`` and ``ContrastiveLoss``.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            (B, S) waveforms on the device.
+        wav_lens : torch.Tensor
+            (B,) relative lengths.
+        precision : str
+            Autocast precision.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar loss (not yet backpropagated).
+        """
+        with autocast(self.device, precision):
+            outputs = s3l_forward(
+                self.student,
+                self.teacher,
+                self.features,
+                wavs,
+                wav_lens,
+                noise_augment=self.noise,
+                spec_augment=self.spec_augment,
+                random_shift=self.random_shift,
+            )
+            loss, _ = self.loss_fn(
+                outputs.predictions, outputs.targets, outputs.lengths
+            )
+        return loss
 
 
 def describe_device(device):

@@ -15,12 +15,9 @@ Variants
     ``ContrastiveLoss``, backward, gradient clipping at 10, AdamW (the
     recipe's settings), ``EMATeacher.update``. Attention ``auto`` (FlashAttention
     on CUDA, SDPA elsewhere).
-``s3l-compiled`` (``--compile``)
-    The same with ``compile_s3l`` (``torch.compile(dynamic=True)`` of the
-    encoders' stacks and the predictor); compile time is left out (warm-up).
 ``s3l-all-off``
-    S3L with every project optimisation off: ``math`` attention, fp32, no
-    compile, ``nn.Conv1d`` convolutions (``conv_impl="direct"``: no
+    S3L with every project optimisation off: ``math`` attention, fp32,
+    ``nn.Conv1d`` convolutions everywhere (``conv_impl="direct"``: no
     unfolded matmuls, no FFT positional convolution), AdamW's default
     (foreach) implementation, and a teacher run as a plain forward with
     autograd on (its parameters require gradients, as in a naive copy of
@@ -55,14 +52,13 @@ CUDA synchronised at the boundaries).
 Example::
 
     python benchmarks/train_step.py                   # 4 x 15 s, median of 5
-    python benchmarks/train_step.py --compile --ablations
+    python benchmarks/train_step.py --ablations
     python benchmarks/train_step.py --tiny            # seconds, for tests
 
 Authors
  * S3L contributors 2025
 """
 
-import argparse
 import statistics
 import sys
 
@@ -70,13 +66,17 @@ import torch
 import torch.nn.functional as F
 from benchutils import (
     PhaseTimer,
+    S3LParts,
     autocast,
+    benchmark_parser,
     count_parameters,
     describe_device,
     fmt,
     format_table,
+    interleaved_medians,
     measure_peak_memory,
     memory_method,
+    parse_benchmark_args,
     time_call,
 )
 from speechbrain.lobes.features import Fbank
@@ -91,17 +91,8 @@ from speechbrain.nnet.quantisers import RandomProjectionQuantizer
 from speechbrain.processing.features import InputNormalization
 from torch import nn
 
-from s3l_plugin.augment import NoiseAugment, RandomShift, SpecAugment
-from s3l_plugin.encoder import S3LEncoder
-from s3l_plugin.loss import ContrastiveLoss
-from s3l_plugin.predictor import Predictor
-from s3l_plugin.pretraining import (
-    S3LStudent,
-    compile_s3l,
-    s3l_forward,
-    s3l_inputs,
-    s3l_targets,
-)
+from s3l_plugin.lengths import relative_to_absolute, zero_padding
+from s3l_plugin.pretraining import s3l_inputs, s3l_targets
 from s3l_plugin.teacher import EMATeacher
 
 HEADERS = [
@@ -138,25 +129,16 @@ def parse_args(argv=None):
     -------
     argparse.Namespace
     """
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default=None, help="default: cuda if any")
+    parser = benchmark_parser(
+        __doc__,
+        repeats=5,
+        warmup=1,
+        precision=["fp32", "bf16"],
+        model="paper",
+        tiny="toy models, 2 x 1.5 s, 1 repeat: to test the script",
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument(
-        "--model",
-        choices=("paper", "tiny"),
-        default="paper",
-        help="S3L size (BEST-RQ is scaled to match)",
-    )
-    parser.add_argument(
-        "--precision",
-        nargs="+",
-        choices=("fp32", "bf16"),
-        default=["fp32", "bf16"],
-    )
-    parser.add_argument("--compile", action="store_true")
     parser.add_argument(
         "--backends",
         nargs="+",
@@ -183,17 +165,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--brq-layers", type=int, default=3)
     parser.add_argument("--brq-ffn", type=int, default=1536)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--tiny",
-        action="store_true",
-        help="tiny models, 2 x 1.5 s, 1 repeat: to test the script",
-    )
-    args = parser.parse_args(argv)
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args = parse_benchmark_args(parser, argv)
     if args.tiny:
-        args.model = "tiny"
         args.batch, args.seconds, args.repeats = 2, 1.5, 1
     return args
 
@@ -217,10 +190,7 @@ class AutogradTeacher(EMATeacher):
     def encode_projected(self, feats, feat_lens, left=0, num_frames=None):
         """Projected frames of a graph-building forward, detached after."""
         encoded = self.encoder.encode(feats, feat_lens)
-        targets = self.encoder.proj(encoded.out)
-        frames = torch.arange(targets.shape[1], device=targets.device)
-        padding = frames >= encoded.lengths.unsqueeze(1)
-        targets = targets.masked_fill(padding.unsqueeze(-1), 0.0)
+        targets = zero_padding(self.encoder.proj(encoded.out), encoded.lengths)
         stop = targets.shape[1] if num_frames is None else left + num_frames
         return targets[:, left:stop].detach(), encoded.lengths
 
@@ -241,7 +211,7 @@ class InferenceModeTeacher(EMATeacher):
         return targets.clone(), lengths.clone()
 
 
-class S3LStep:
+class S3LStep(S3LParts):
     """One S3L pretraining step, as the recipe runs it.
 
     Arguments
@@ -253,12 +223,10 @@ class S3LStep:
     teacher : str
         ``"no_grad"`` (``EMATeacher``), ``"autograd"`` (``AutogradTeacher``)
         or ``"inference_mode"`` (``InferenceModeTeacher``).
-    compile_model : bool
-        ``compile_s3l`` the student and teacher.
     fused_adamw : bool
         ``AdamW(fused=True)`` as the recipe (False: the foreach default).
     conv_impl : str
-        ``S3LEncoder``'s ``conv_impl`` (``"direct"``: ``nn.Conv1d``).
+        ``conv_impl`` of every layer (``"direct"``: ``nn.Conv1d``).
     """
 
     def __init__(
@@ -266,36 +234,22 @@ class S3LStep:
         args,
         attention="auto",
         teacher="no_grad",
-        compile_model=False,
         fused_adamw=True,
         conv_impl="auto",
     ):
-        self.device = torch.device(args.device)
-        torch.manual_seed(args.seed)
-        if args.model == "tiny":
-            config = S3LEncoder.tiny_config()
-            predictor = Predictor(config["proj_dim"], (16, 16, 16))
-        else:
-            config = {}
-            predictor = Predictor()
-        encoder = S3LEncoder(
-            **config, attention_backend=attention, conv_impl=conv_impl
-        )
-        self.student = S3LStudent(encoder, predictor).to(self.device).train()
         teacher_class = {
             "no_grad": EMATeacher,
             "autograd": AutogradTeacher,
             "inference_mode": InferenceModeTeacher,
         }[teacher]
-        self.teacher = teacher_class(encoder, total_steps=12500)
-        self.teacher.to(self.device)
-        if compile_model:
-            compile_s3l(self.student, self.teacher)
-        self.features = self.teacher.encoder.features
-        self.noise = NoiseAugment(prob=0.5).to(self.device).train()
-        self.spec_augment = SpecAugment().train()
-        self.random_shift = RandomShift()
-        self.loss_fn = ContrastiveLoss()
+        super().__init__(
+            args.model,
+            args.device,
+            args.seed,
+            attention_backend=attention,
+            conv_impl=conv_impl,
+            teacher_class=teacher_class,
+        )
         self.optimizer = torch.optim.AdamW(
             self.student.parameters(),
             lr=3e-4,
@@ -307,20 +261,7 @@ class S3LStep:
 
     def __call__(self, wavs, wav_lens, precision):
         """One full step: forward, loss, backward, optimizer, EMA."""
-        with autocast(self.device, precision):
-            outputs = s3l_forward(
-                self.student,
-                self.teacher,
-                self.features,
-                wavs,
-                wav_lens,
-                noise_augment=self.noise,
-                spec_augment=self.spec_augment,
-                random_shift=self.random_shift,
-            )
-            loss, _ = self.loss_fn(
-                outputs.predictions, outputs.targets, outputs.lengths
-            )
+        loss = self.loss(wavs, wav_lens, precision)
         loss.backward()
         self._optimizer_step()
         return loss
@@ -383,7 +324,7 @@ class BestRQStep:
     def __init__(self, args):
         self.device = torch.device(args.device)
         torch.manual_seed(args.seed)
-        tiny = args.model == "tiny"
+        tiny = args.model == "toy"
         self.n_mels = 80
         self.divisible_by = 4
         d_model = 32 if tiny else 576
@@ -442,7 +383,7 @@ class BestRQStep:
 
     def make_mask(self, wavs, wav_lens):
         """The collate function's mask (built in data workers: untimed)."""
-        samples = torch.round(wav_lens * wavs.shape[1]).long().cpu()
+        samples = relative_to_absolute(wav_lens, wavs.shape[1]).cpu()
         frames = (samples // 160 + 1).tolist()
         batch_frames = max(frames)
         self.mask = compute_mask(
@@ -508,8 +449,6 @@ def build_variants(args):
     """
     both = tuple(args.precision)
     variants = {"s3l": (S3LStep(args), both)}
-    if args.compile:
-        variants["s3l-compiled"] = (S3LStep(args, compile_model=True), both)
     for backend in args.backends:
         variants[f"s3l-{backend}"] = (S3LStep(args, attention=backend), both)
     for conv_impl in args.conv_impls:
@@ -602,21 +541,14 @@ def run(args):
     def call(name, precision):
         return lambda: variants[name][0](wavs, wav_lens, precision)
 
-    for _ in range(args.warmup):
-        for name, precision in runs:
-            call(name, precision)()
-    times = {key: [] for key in runs}
-    for _ in range(args.repeats):
-        for key in runs:
-            times[key].append(time_call(call(*key), device))
-    medians = {key: statistics.median(values) for key, values in times.items()}
+    timed = interleaved_medians(
+        {key: call(*key) for key in runs}, args.repeats, device, args.warmup
+    )
+    medians = {key: median for key, (median, _) in timed.items()}
+    times = {key: values for key, (_, values) in timed.items()}
     memory = {}
     if not args.no_memory:
         for key in runs:
-            if key[0] == "s3l-compiled" and device.type != "cuda":
-                # The CPU tracker is a dispatch mode: under it dynamo would
-                # recompile, and compiled kernels' buffers are invisible.
-                continue
             memory[key] = measure_peak_memory(call(*key), device)
 
     rows = []
@@ -639,11 +571,6 @@ def run(args):
             if s3l is not None and other is not None:
                 key = f"s3l {s3l_precision} vs {name} {precision}"
                 speedups[key] = other / s3l
-    if args.compile:
-        for precision in args.precision:
-            eager = medians.get(("s3l", precision))
-            compiled = medians.get(("s3l-compiled", precision))
-            speedups[f"s3l-compiled vs s3l {precision}"] = eager / compiled
 
     breakdown = []
     if not args.no_breakdown:
