@@ -21,7 +21,6 @@ setup(
         "speechbrain>=1.1.0,<1.2",
         "hyperpyyaml>=1.2",
         "sentencepiece>=0.1.99",
-        "jiwer>=3.0",
         "tqdm>=4.60",
         "soundfile>=0.12.1",
         "numpy>=1.23",

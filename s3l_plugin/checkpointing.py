@@ -19,6 +19,7 @@ this module adds the rest:
   with a clear message (:class:`CheckpointMismatchError`).
 """
 
+import itertools
 import logging
 import os
 import random
@@ -341,13 +342,20 @@ class AtomicCheckpointer(Checkpointer):
             for name in os.listdir(staged):
                 _fsync(os.path.join(staged, name))
             _fsync(staged)
-            os.replace(staged, final_dir / staged.name)
+            # Names are timestamps to the second: two saves in one second
+            # are told apart by a suffix (SpeechBrain orders by unixtime).
+            final = final_dir / staged.name
+            for index in itertools.count(1):
+                if not final.exists():
+                    break
+                final = final_dir / f"{staged.name}+{index:02d}"
+            os.replace(staged, final)
             _fsync(final_dir)
             checkpoint = Checkpoint(
-                final_dir / staged.name,
+                final,
                 checkpoint.meta,
                 {
-                    name: final_dir / staged.name / path.name
+                    name: final / path.name
                     for name, path in checkpoint.paramfiles.items()
                 },
             )
@@ -433,7 +441,8 @@ def check_checkpoint_compatible(checkpointer):
             problem = f"it has no {name}.ckpt"
         else:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            problem = state_dict_difference(saved, obj.state_dict(), name)
+            problem = state_dict_difference(saved, obj.state_dict())
+            problem = f"{name}: {problem}" if problem else ""
         if problem:
             raise CheckpointMismatchError(
                 f"the checkpoint {checkpoint.path} does not fit this model "
@@ -444,40 +453,46 @@ def check_checkpoint_compatible(checkpointer):
     return str(checkpoint.path)
 
 
-def state_dict_difference(saved, current, prefix=""):
-    """The first difference between two state dicts, or ``""``.
+def state_dict_difference(saved, expected):
+    """What keeps ``saved`` from loading strictly where ``expected`` is.
+
+    The one state-dict check of the project (resume and pretrained
+    encoders alike).
 
     Arguments
     ---------
     saved : dict
         The state dict read from a file.
-    current : dict
+    expected : dict
         The model's own state dict.
-    prefix : str
-        Prepended to the names in the description (e.g. ``"student"``).
 
     Returns
     -------
     str
-        E.g. ``"student.w has shape (2,) there, (3,) here"``; empty if the
-        keys and shapes match.
+        One line listing the missing keys, unexpected keys and shape
+        mismatches (the first five of each); empty if they fit.
 
     Example
     -------
     >>> state_dict_difference({"w": torch.zeros(2)}, {"w": torch.zeros(3)})
-    'w has shape (2,) there, (3,) here'
+    '1 shape mismatches: w (2,) vs model (3,)'
     """
-    prefix = f"{prefix}." if prefix else ""
-    only_saved = sorted(set(saved) - set(current))
-    only_current = sorted(set(current) - set(saved))
-    if only_current:
-        return f"{prefix}{only_current[0]} is missing from it"
-    if only_saved:
-        return f"{prefix}{only_saved[0]} is in it but not in this model"
-    for key, value in current.items():
-        if tuple(saved[key].shape) != tuple(value.shape):
-            return (
-                f"{prefix}{key} has shape {tuple(saved[key].shape)} there, "
-                f"{tuple(value.shape)} here"
-            )
-    return ""
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected]
+    shapes = [
+        f"{key} {tuple(saved[key].shape)} vs model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in saved
+        and tuple(getattr(saved[key], "shape", ())) != tuple(value.shape)
+    ]
+    problems = []
+    for name, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", shapes),
+    ):
+        if items:
+            shown = ", ".join(items[:5])
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            problems.append(f"{len(items)} {name}: {shown}{more}")
+    return "; ".join(problems)

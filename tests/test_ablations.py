@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from hooked_recipe import DUMP_ENV
 from hyperpyyaml import load_hyperpyyaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,9 +30,7 @@ def ablated(pretrain_runner, tmp_path_factory):
     base = tmp_path_factory.mktemp("ablated")
     dump = str(base / "dump")
     output = str(base / "out")
-    result = pretrain_runner.run(
-        output, *ABLATION_ARGS, env={"S3L_TEST_DUMP_DIR": dump}
-    )
+    result = pretrain_runner.run(output, *ABLATION_ARGS, env={DUMP_ENV: dump})
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(os.path.join(dump, "rank0.pt"), weights_only=False)
     assert state["optimizer_step"] == 2
@@ -94,12 +93,12 @@ def test_ablation_keys_are_exposed(name):
     }
     with open(path, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    config = hparams["encoder"].config
+    encoder = hparams["encoder"]
+    config = encoder.config
     assert (config["transf1_layers"], config["transf2_layers"]) == (1, 1)
-    assert (config["conv_impl"], config["attention_backend"]) == (
-        "direct",
-        "math",
-    )
+    # Runtime options, not architecture: out of encoder_config.json.
+    assert (encoder.conv_impl, encoder.attention_backend) == ("direct", "math")
+    assert "conv_impl" not in config and "attention_backend" not in config
     teacher = hparams["teacher"]
     assert teacher.momentum(0) == teacher.momentum(5) == 0.0
     assert hparams["dynamic_batching"] is False

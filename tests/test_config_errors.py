@@ -44,7 +44,7 @@ CASES = {
     ),
     "checkpoint_of_another_model": (
         [],
-        "does not fit this model (student.",
+        "does not fit this model (student: ",
     ),
 }
 

@@ -1,17 +1,10 @@
-"""CTC modelling: layer sum, head, loss lengths, decoding, vocabularies."""
-
-import logging
+"""CTC modelling: layer sum, head, loss lengths, decoding (vocabularies:
+test_vocabulary.py)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from s3l_plugin.asr import (
-    CharVocabulary,
-    SentencePieceVocabulary,
-    make_vocabulary,
-    train_sentencepiece,
-)
 from s3l_plugin.ctc import (
     S3LCTC,
     CTCHead,
@@ -20,6 +13,7 @@ from s3l_plugin.ctc import (
     greedy_decode,
 )
 from s3l_plugin.encoder import S3LEncoder, architecture
+from s3l_plugin.vocabulary import CharVocabulary
 
 
 @pytest.fixture(autouse=True)
@@ -33,58 +27,6 @@ def one_thread():
 
 def tiny_encoder():
     return S3LEncoder(**dict(architecture("toy"), transf2_layers=2))
-
-
-# ---- Vocabularies ------------------------------------------------------------
-def test_char_vocabulary_round_trip():
-    vocab = CharVocabulary()
-    text = "HE SAID IT'S A DOG"
-    ids = vocab.encode(text)
-    assert len(vocab) == 29
-    assert vocab.blank_index not in ids
-    assert vocab.decode(ids) == text
-    # Lower case in, upper case out; runs of spaces collapse.
-    assert vocab.decode(vocab.encode("  he  said ")) == "HE SAID"
-    assert len(set(vocab.tokens)) == 29
-
-
-def test_char_vocabulary_unknown_characters():
-    with pytest.raises(ValueError, match="'!'"):
-        CharVocabulary().encode("HELLO!")
-    with pytest.raises(ValueError, match="'|'"):
-        CharVocabulary().encode("A|B")
-
-
-def test_char_vocabulary_drop_unknown_warns(caplog):
-    vocab = CharVocabulary(unknown="drop")
-    with caplog.at_level(logging.WARNING):
-        ids = vocab.encode("HI! YOU!")
-    assert vocab.decode(ids) == "HI YOU"
-    assert sum("'!'" in record.message for record in caplog.records) == 1
-
-
-def test_sentencepiece_vocabulary_round_trip(tmp_path):
-    texts = ["THE CAT SAT ON THE MAT", "A DOG SAT ON A LOG", "IT'S A CAT"] * 10
-    vocab = make_vocabulary(
-        "sentencepiece",
-        model_prefix=str(tmp_path / "sp"),
-        texts=texts,
-        vocab_size=20,
-        model_type="bpe",
-    )
-    assert isinstance(vocab, SentencePieceVocabulary)
-    assert len(vocab) == 21
-    ids = vocab.encode("the dog sat on the cat")
-    assert min(ids) >= 1  # 0 is the blank
-    assert vocab.decode([0] + ids + [0]) == "THE DOG SAT ON THE CAT"
-    assert len(vocab.ctc_vocab_list()) == len(vocab)
-
-
-def test_sentencepiece_size_mismatch_is_reported(tmp_path):
-    prefix = str(tmp_path / "sp")
-    train_sentencepiece(["AB CD ABCD"] * 10, prefix, 8, "bpe")
-    with pytest.raises(ValueError, match="pieces, not 9"):
-        make_vocabulary("sentencepiece", model_prefix=prefix, vocab_size=9)
 
 
 # ---- Weighted layer sum ------------------------------------------------------

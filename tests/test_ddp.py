@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 from conftest import BAD_TRAIN_AUDIO, BAD_VALID_AUDIO, ROOT
+from hooked_recipe import CRASH_ENV, DUMP_ENV
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
@@ -50,7 +51,7 @@ def ddp_run(pretrain_runner, bad_audio_csvs, tmp_path_factory):
     crashed = subprocess.run(
         command,
         cwd=ROOT,
-        env=dict(env, S3L_TEST_CRASH_AFTER_STEPS="4"),
+        env=dict(env, **{CRASH_ENV: "4"}),
         capture_output=True,
         text=True,
         timeout=300,
@@ -60,7 +61,7 @@ def ddp_run(pretrain_runner, bad_audio_csvs, tmp_path_factory):
     result = subprocess.run(
         command,
         cwd=ROOT,
-        env=dict(env, S3L_TEST_DUMP_DIR=dump),
+        env=dict(env, **{DUMP_ENV: dump}),
         capture_output=True,
         text=True,
         timeout=300,

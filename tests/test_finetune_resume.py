@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 from conftest import BAD_TRAIN_AUDIO, BAD_VALID_AUDIO
+from hooked_recipe import CRASH_ENV, CRASH_EXIT_CODE, DUMP_ENV
 
-CRASH_EXIT_CODE = 86  # s3l_plugin.recipe_utils.CRASH_EXIT_CODE
 # 6 optimizer steps of 2 micro-batches; an intra-epoch checkpoint is due
 # every 2 micro-batches (every optimizer step).
 RUN_ARGS = (
@@ -37,7 +37,7 @@ def uninterrupted(finetune_runner, tmp_path_factory):
     base = tmp_path_factory.mktemp("finetune_uninterrupted")
     dump = str(base / "dump")
     result = finetune_runner.run(
-        str(base / "out"), *RUN_ARGS, env={"S3L_TEST_DUMP_DIR": dump}
+        str(base / "out"), *RUN_ARGS, env={DUMP_ENV: dump}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     state = load_dump(dump)
@@ -54,7 +54,7 @@ def test_crashed_finetune_resumes_exactly(
     crashed = finetune_runner.run(
         output,
         *RUN_ARGS,
-        env={"S3L_TEST_CRASH_AFTER_STEPS": str(CRASH_AFTER_STEPS)},
+        env={CRASH_ENV: str(CRASH_AFTER_STEPS)},
     )
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-3000:]
     checkpoints = glob.glob(os.path.join(output, "save", "CKPT+*"))
@@ -65,9 +65,7 @@ def test_crashed_finetune_resumes_exactly(
         assert "end-of-epoch" in yaml.safe_load(f)
 
     dump = str(tmp_path / "dump")
-    resumed = finetune_runner.run(
-        output, *RUN_ARGS, env={"S3L_TEST_DUMP_DIR": dump}
-    )
+    resumed = finetune_runner.run(output, *RUN_ARGS, env={DUMP_ENV: dump})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = load_dump(dump)
     assert state["optimizer_step"] == 6
