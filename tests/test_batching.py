@@ -3,8 +3,10 @@
 import pytest
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from s3l_plugin.data.batching import quantile_bucket_boundaries
-from s3l_plugin.data.batching import make_train_sampler
+from s3l_plugin.data.batching import (
+    make_train_sampler,
+    quantile_bucket_boundaries,
+)
 
 
 def _dataset(durations):
