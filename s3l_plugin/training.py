@@ -130,15 +130,23 @@ class S3LBrain(sb.Brain):
                 loss = super().fit_batch(batch)
         at_boundary = self.step % self.grad_accumulation_factor == 0
         if at_boundary and self._intra_epoch_checkpoint_due():
-            self.checkpointer.save_and_keep_only(
-                end_of_epoch=False,
-                num_to_keep=1,
-                ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta,
-                meta={INTRA_EPOCH_CKPT_FLAG: True},
-                verbosity=logging.DEBUG,
-            )
-            self._last_checkpoint = (time.time(), self.step)
+            self._save_intra_epoch_checkpoint(loss)
         return loss
+
+    def _save_intra_epoch_checkpoint(self, loss):
+        # Saved with the running loss SpeechBrain will hold once it has
+        # averaged this batch in (after fit_batch returns).
+        running = self.avg_train_loss
+        self.avg_train_loss = self.update_average(loss, running)
+        self.checkpointer.save_and_keep_only(
+            end_of_epoch=False,
+            num_to_keep=1,
+            ckpt_predicate=lambda c: INTRA_EPOCH_CKPT_FLAG in c.meta,
+            meta={INTRA_EPOCH_CKPT_FLAG: True},
+            verbosity=logging.DEBUG,
+        )
+        self.avg_train_loss = running
+        self._last_checkpoint = (time.time(), self.step)
 
     def _fit_empty_batch(self, batch):
         should_step = self.step % self.grad_accumulation_factor == 0
