@@ -22,8 +22,13 @@ import os
 
 import torch
 
+from s3l_plugin.checkpointing import (
+    CheckpointMismatchError,
+    state_dict_difference,
+)
 from s3l_plugin.data.atomic import atomic_path, write_text_atomic
 from s3l_plugin.data.audio import load_audio
+from s3l_plugin.distributed import unwrap_module
 from s3l_plugin.encoder import EncoderArchitecture, S3LEncoder, architecture
 
 logger = logging.getLogger(__name__)
@@ -31,15 +36,6 @@ logger = logging.getLogger(__name__)
 CKPT_FILE = "encoder.ckpt"
 CONFIG_FILE = "encoder_config.json"
 ARCHITECTURE_KEYS = EncoderArchitecture.keys()
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint that does not fit the model; the message says how."""
-
-
-def _unwrap(module):
-    """The module inside a DistributedDataParallel / DataParallel wrapper."""
-    return getattr(module, "module", module)
 
 
 def save_encoder(encoder, folder, config=None):
@@ -69,7 +65,7 @@ def save_encoder(encoder, folder, config=None):
     >>> sorted(os.listdir(folder))
     ['encoder.ckpt', 'encoder_config.json']
     """
-    encoder = _unwrap(encoder)
+    encoder = unwrap_module(encoder)
     if config is None:
         config = getattr(encoder, "config", None)
     if config is None:
@@ -280,59 +276,6 @@ def build_encoder(pretrained_path=None, size="tiny", **options):
         raise ValueError(f"{pretrained_path}/{CONFIG_FILE}: {error}") from None
 
 
-def check_state_dict(module, state_dict, source="checkpoint"):
-    """Raises unless ``state_dict`` fits ``module`` exactly.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        The model.
-    state_dict : dict
-        Parameters and buffers to load.
-    source : str
-        Named in the error (e.g. the checkpoint path).
-
-    Raises
-    ------
-    CheckpointMismatchError
-        One line listing the missing keys, unexpected keys and shape
-        mismatches.
-
-    Example
-    -------
-    >>> check_state_dict(torch.nn.Linear(2, 3), {"weight": torch.zeros(3, 4)})
-    Traceback (most recent call last):
-    ...
-    s3l_plugin.pretrained.CheckpointMismatchError: checkpoint does not match ...
-    """
-    expected = module.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    shapes = [
-        f"{key} {tuple(state_dict[key].shape)} vs model {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state_dict
-        and tuple(getattr(state_dict[key], "shape", ())) != tuple(value.shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return
-    problems = []
-    for name, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches", shapes),
-    ):
-        if items:
-            shown = ", ".join(items[:5])
-            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-            problems.append(f"{len(items)} {name}: {shown}{more}")
-    raise CheckpointMismatchError(
-        f"{source} does not match the {type(module).__name__} architecture "
-        f"({'; '.join(problems)}); build the model with the checkpoint's "
-        f"{CONFIG_FILE}"
-    )
-
-
 def load_state_dict_checked(module, path, map_location="cpu"):
     """Loads ``path`` into ``module`` strictly, with a one-line error.
 
@@ -352,9 +295,14 @@ def load_state_dict_checked(module, path, map_location="cpu"):
     >>> torch.save(torch.nn.Linear(2, 3).state_dict(), path)
     >>> load_state_dict_checked(torch.nn.Linear(2, 3), path)
     """
-    module = _unwrap(module)
+    module = unwrap_module(module)
     state_dict = torch.load(path, map_location=map_location, weights_only=True)
-    check_state_dict(module, state_dict, source=str(path))
+    problem = state_dict_difference(state_dict, module.state_dict())
+    if problem:
+        raise CheckpointMismatchError(
+            f"{path} does not match the {type(module).__name__} architecture "
+            f"({problem}); build the model with the checkpoint's {CONFIG_FILE}"
+        )
     module.load_state_dict(state_dict, strict=True)
 
 

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from s3l_plugin.distributed import unwrap_module
 from s3l_plugin.lengths import zero_padding
 
 
@@ -53,35 +54,6 @@ def cosine_momentum(step, total_steps, base=0.995, final=1.0):
         return float(final)
     cosine = (math.cos(math.pi * step / total_steps) + 1) / 2
     return final - (final - base) * cosine
-
-
-def unwrap_module(module):
-    """The plain module under DDP / DataParallel / torch.compile wrappers.
-
-    Arguments
-    ---------
-    module : torch.nn.Module
-        Possibly wrapped module.
-
-    Returns
-    -------
-    torch.nn.Module
-        The innermost wrapped module.
-
-    Example
-    -------
-    >>> linear = nn.Linear(2, 2)
-    >>> unwrap_module(nn.DataParallel(linear)) is linear
-    True
-    """
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while True:
-        if isinstance(module, wrappers):
-            module = module.module
-        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
-            module = module._orig_mod  # torch.compile's OptimizedModule
-        else:
-            return module
 
 
 def _clean_name(name):
