@@ -16,7 +16,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from s3l_plugin.lengths import relative_to_absolute, valid_mask
+from s3l_plugin.lengths import padding_mask, relative_to_absolute, valid_mask
 
 
 def reflect_pad_index(lengths, max_len, pad):
@@ -228,15 +228,12 @@ class MelFeatures(nn.Module):
             padded = wavs.gather(1, index)
         else:
             padded = nn.functional.pad(wavs, (pad, pad))
-        # Samples past each row's centre-padded end belong to other frames
-        # only, but zeroing them keeps the padded region deterministic.
-        positions = torch.arange(padded.shape[1], device=wavs.device)
-        inside = (positions >= pad) & (positions < num_samples[:, None] + pad)
-        if self.pad_mode == "constant":
-            padded = padded * inside
-        else:
-            outside = positions >= num_samples[:, None] + 2 * pad
-            padded = padded.masked_fill(outside, 0.0)
+        # Samples past each row's padded end (its right padding: zeros, or
+        # the reflection) belong to other frames only, but zeroing them
+        # keeps the padded region deterministic.
+        right = pad if self.pad_mode == "reflect" else 0
+        end = num_samples + pad + right
+        padded = padded.masked_fill(padding_mask(end, padded.shape[1]), 0.0)
         spec = torch.stft(
             padded,
             n_fft=self.n_fft,
