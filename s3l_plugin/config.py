@@ -199,7 +199,7 @@ def load_yaml(hparams_file, overrides):
     ------
     ConfigError
         For an unreadable file, an override of an unknown key, or a value
-        an object refuses.
+        (or a file) an object refuses.
 
     Example
     -------
@@ -210,9 +210,11 @@ def load_yaml(hparams_file, overrides):
     """
     try:
         with open(hparams_file, encoding="utf-8") as fin:
-            return load_hyperpyyaml(fin, overrides)
+            text = fin.read()
     except OSError as error:
         raise ConfigError(f"cannot read {hparams_file}: {error}") from error
+    try:
+        return load_hyperpyyaml(text, overrides)
     except KeyError as error:
         message = str(error.args[0]) if error.args else str(error)
         if message.startswith("Override '"):
@@ -222,7 +224,8 @@ def load_yaml(hparams_file, overrides):
                 f"{hparams_file}: check its spelling"
             )
         raise ConfigError(message) from error
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OSError) as error:
+        # E.g. a pretrained_path without encoder_config.json.
         raise ConfigError(f"{hparams_file}: {error}") from error
 
 

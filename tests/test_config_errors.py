@@ -17,7 +17,8 @@ from hyperpyyaml import load_hyperpyyaml
 CASES = {
     "attention_backend": (
         ["--attention_backend=foo"],
-        "Unknown attention backend 'foo'; valid backends are 'auto'",
+        "attention_backend must be one of 'auto', 'math', 'sdpa', "
+        "'flash_attn'; got 'foo'",
     ),
     "missing_data_folder": (
         ["--data_folder={tmp}/nowhere"],

@@ -88,6 +88,12 @@ def test_architecture_comes_from_the_checkpoint(tmp_path, pretrained):
     assert scratch["head"].upsample_conv.in_channels == 128
 
 
+def test_missing_pretrained_encoder_is_a_config_error(tmp_path, corpus):
+    args = _args(corpus, tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(ConfigError, match="encoder_config.json"):
+        finetune.main(args)
+
+
 def test_nonpositive_max_grad_norm_is_rejected(tmp_path, corpus, pretrained):
     args = _args(corpus, pretrained[1], tmp_path, "--max_grad_norm=0")
     with pytest.raises(ConfigError, match="max_grad_norm"):
