@@ -223,42 +223,6 @@ class CTCHead(nn.Module):
         return self.output(y), out_lengths
 
 
-def ctc_representation(encoder, layer_sum, feats, feat_lens):
-    """Weighted sum of the encoder's last ``layer_sum.num_layers`` layers.
-
-    Arguments
-    ---------
-    encoder : s3l_plugin.encoder.S3LEncoder
-        The encoder (run with its current mode and grad setting).
-    layer_sum : WeightedLayerSum
-        The layer weights.
-    feats : torch.Tensor
-        (B, T, n_mels) features.
-    feat_lens : torch.Tensor
-        (B,) long valid feature frames.
-
-    Returns
-    -------
-    x : torch.Tensor
-        (B, T', d_model) representation, 0 on padded frames.
-    lengths : torch.Tensor
-        (B,) long valid frames.
-
-    Example
-    -------
-    >>> from s3l_plugin.encoder import S3LEncoder, architecture
-    >>> config = dict(architecture("toy"), transf2_layers=2)
-    >>> encoder = S3LEncoder(**config).eval()
-    >>> x, lens = ctc_representation(
-    ...     encoder, WeightedLayerSum(2), torch.randn(2, 101, 16),
-    ...     torch.tensor([101, 60]))
-    >>> x.shape, lens.tolist()
-    (torch.Size([2, 10, 16]), [10, 4])
-    """
-    encoded = encoder.encode(feats, feat_lens, return_layers=True)
-    return _sum_last_layers(encoded, layer_sum)
-
-
 class S3LCTC(nn.Module):
     """Encoder + weighted sum of its last layers + CTC head, one module.
 

@@ -185,42 +185,6 @@ def architecture_of(config):
     return {k: v for k, v in config.items() if k in ARCHITECTURE_KEYS}
 
 
-def architecture_mismatches(config, reference):
-    """Architecture arguments whose values differ between two configs.
-
-    Arguments
-    ---------
-    config : dict
-        ``S3LEncoder`` arguments (e.g. the YAML's).
-    reference : dict
-        Others (e.g. a checkpoint's ``encoder_config.json``).
-
-    Returns
-    -------
-    list of str
-        ``"key: value vs reference_value"`` for each differing key of
-        ``ARCHITECTURE_KEYS`` (a key missing on either side uses the
-        ``EncoderArchitecture`` default).
-
-    Example
-    -------
-    >>> architecture_mismatches({"d_model": 16}, {"d_model": 32})
-    ['d_model: 16 vs 32']
-    """
-    defaults = EncoderArchitecture()
-    mismatches = []
-    for key in ARCHITECTURE_KEYS:
-        ours = _normal(config.get(key, getattr(defaults, key)))
-        theirs = _normal(reference.get(key, getattr(defaults, key)))
-        if ours != theirs:
-            mismatches.append(f"{key}: {ours} vs {theirs}")
-    return mismatches
-
-
-def _normal(value):
-    return list(value) if isinstance(value, (tuple, list)) else value
-
-
 def build_encoder(pretrained_path=None, size="tiny", **options):
     """An ``S3LEncoder`` with a pretrained encoder's architecture, unloaded.
 

@@ -14,7 +14,6 @@ from speechbrain.utils.parameter_transfer import Pretrainer
 from s3l_plugin.encoder import EncoderArchitecture, S3LEncoder, architecture
 from s3l_plugin.pretrained import (
     CheckpointMismatchError,
-    architecture_mismatches,
     build_encoder,
     extract_features,
     extract_features_from_file,
@@ -120,15 +119,6 @@ def test_pretrainer_hook_loads_strictly(tmp_path, pretrained):
     wrong.collect_files()
     with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
         wrong.load_collected()
-
-
-def test_architecture_mismatches():
-    ours, theirs = tiny_config(), tiny_config(d_model=32, nhead=4)
-    assert architecture_mismatches(ours, tiny_config(dropout=0.3)) == []
-    assert architecture_mismatches(ours, theirs) == [
-        "d_model: 16 vs 32",
-        "nhead: 2 vs 4",
-    ]
 
 
 def test_extract_features_layers_and_padding(pretrained):
