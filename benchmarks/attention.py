@@ -171,7 +171,7 @@ class S3LVariant(nn.Module):
             attention_dropout=args.dropout,
             pos_conv_kernel=8 if tiny else 128,
             pos_conv_groups=4 if tiny else 16,
-            backend=backend,
+            attention_backend=backend,
         )
 
     def forward(self, x, lengths):

@@ -246,9 +246,8 @@ class MultiHeadSelfAttention(nn.Module):
         Number of heads; must divide ``d_model``.
     dropout : float
         Dropout on the attention probabilities (training only).
-    backend : str
-        ``"auto"``, ``"math"``, ``"sdpa"`` or ``"flash_attn"``, kept as
-        ``attention_backend``. ``auto`` resolves to ``flash_attn`` on a
+    attention_backend : str
+        ``"auto"``, ``"math"``, ``"sdpa"`` or ``"flash_attn"``. ``auto`` resolves to ``flash_attn`` on a
         CUDA device with a kernel, else ``sdpa``, and still runs ``sdpa``
         on inputs ``flash_attn`` cannot take (float32, or dropout without
         the flash-attn package); an explicit ``flash_attn`` raises on a
@@ -257,13 +256,15 @@ class MultiHeadSelfAttention(nn.Module):
     Example
     -------
     >>> from s3l_plugin.lengths import padding_mask
-    >>> attention = MultiHeadSelfAttention(16, 4, dropout=0.0, backend="sdpa")
+    >>> attention = MultiHeadSelfAttention(16, 4, 0.0, "sdpa")
     >>> x = torch.randn(2, 5, 16)
     >>> attention(x, padding_mask(torch.tensor([5, 3]), 5)).shape
     torch.Size([2, 5, 16])
     """
 
-    def __init__(self, d_model=512, nhead=8, dropout=0.1, backend="auto"):
+    def __init__(
+        self, d_model=512, nhead=8, dropout=0.1, attention_backend="auto"
+    ):
         super().__init__()
         if d_model % nhead != 0:
             raise ValueError(
@@ -273,7 +274,9 @@ class MultiHeadSelfAttention(nn.Module):
         self.nhead = nhead
         self.head_dim = d_model // nhead
         self.dropout = dropout
-        self.attention_backend = check_choice("attention_backend", backend)
+        self.attention_backend = check_choice(
+            "attention_backend", attention_backend
+        )
         self.backend_plan = DeviceResolved(resolve_attention_backend)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)

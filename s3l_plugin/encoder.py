@@ -286,7 +286,7 @@ class S3LEncoder(nn.Module):
             "attention_dropout": attention_dropout,
             "pos_conv_kernel": arch.pos_conv_kernel,
             "pos_conv_groups": arch.pos_conv_groups,
-            "backend": attention_backend,
+            "attention_backend": attention_backend,
             "activation_dropout": activation_dropout,
             "conv_impl": conv_impl,
         }

@@ -161,12 +161,12 @@ class TransformerLayer(nn.Module):
         Dropout on the attention probabilities.
     activation_dropout : float
         Dropout after the FFN's GELU (0 in the reference).
-    backend : str
-        Attention backend, see ``MultiHeadSelfAttention``.
+    attention_backend : str
+        See ``MultiHeadSelfAttention``.
 
     Example
     -------
-    >>> layer = TransformerLayer(16, 4, 32, backend="sdpa")
+    >>> layer = TransformerLayer(16, 4, 32, attention_backend="sdpa")
     >>> layer(torch.randn(2, 5, 16), padding_mask(torch.tensor([5, 2]))).shape
     torch.Size([2, 5, 16])
     """
@@ -179,11 +179,11 @@ class TransformerLayer(nn.Module):
         dropout=0.1,
         attention_dropout=0.1,
         activation_dropout=0.0,
-        backend="auto",
+        attention_backend="auto",
     ):
         super().__init__()
         self.attention = MultiHeadSelfAttention(
-            d_model, nhead, attention_dropout, backend
+            d_model, nhead, attention_dropout, attention_backend
         )
         self.attention_dropout = nn.Dropout(dropout)
         self.attention_norm = nn.LayerNorm(d_model)
@@ -240,8 +240,8 @@ class TransformerStack(nn.Module):
         Kernel of the positional convolution.
     pos_conv_groups : int
         Groups of the positional convolution.
-    backend : str
-        Attention backend.
+    attention_backend : str
+        See ``MultiHeadSelfAttention``.
     activation_dropout : float
         Dropout after each FFN's GELU.
     conv_impl : str
@@ -265,7 +265,7 @@ class TransformerStack(nn.Module):
         attention_dropout=0.1,
         pos_conv_kernel=128,
         pos_conv_groups=16,
-        backend="auto",
+        attention_backend="auto",
         activation_dropout=0.0,
         conv_impl="auto",
     ):
@@ -283,7 +283,7 @@ class TransformerStack(nn.Module):
                 dropout,
                 attention_dropout,
                 activation_dropout,
-                backend,
+                attention_backend,
             )
             for _ in range(num_layers)
         )

@@ -168,7 +168,7 @@ def test_explicit_flash_refuses_a_device_without_kernel():
 
 def test_unknown_backend_lists_valid_ones():
     with pytest.raises(ValueError, match="'math', 'sdpa', 'flash_attn'"):
-        MultiHeadSelfAttention(D_MODEL, NHEAD, backend="xformers")
+        MultiHeadSelfAttention(D_MODEL, NHEAD, attention_backend="xformers")
 
 
 def test_make_padding_mask_is_true_on_padding():

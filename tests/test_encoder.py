@@ -217,7 +217,13 @@ def test_pos_conv_is_weight_normed_and_length_preserving():
 
 def test_transformer_stack_returns_each_layer():
     stack = TransformerStack(
-        3, 16, 4, 32, pos_conv_kernel=8, pos_conv_groups=4, backend="math"
+        3,
+        16,
+        4,
+        32,
+        pos_conv_kernel=8,
+        pos_conv_groups=4,
+        attention_backend="math",
     ).eval()
     out, layers = stack(torch.randn(2, 9, 16), torch.tensor([9, 5]))
     assert len(layers) == 3 and torch.equal(out, layers[-1])
