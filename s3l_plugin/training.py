@@ -467,39 +467,32 @@ def seed_rank(seed, rank):
     torch.manual_seed(derived)
 
 
-def start_experiment(argv):
-    """What every recipe does first: options, checks, DDP, output folder.
+def start_experiment(hparams_file, run_opts, overrides):
+    """What every recipe does before its output folder exists.
 
     Loads the YAML (which builds the modules, alike on every rank), checks
-    the run options, starts DDP, gives each rank its own random streams
-    and creates the output folder.
+    the run options, starts DDP and gives each rank its own random streams.
+    The recipe then calls ``sb.create_experiment_directory`` itself, so
+    that SpeechBrain copies the recipe script into the output folder.
 
     Arguments
     ---------
-    argv : list of str
-        Command-line arguments (YAML file, then options).
+    hparams_file, run_opts, overrides
+        From ``sb.parse_arguments``.
 
     Returns
     -------
-    hparams : dict
+    dict
         The loaded YAML.
-    run_opts : dict
-        SpeechBrain's run options, for ``Brain``.
 
     Raises
     ------
     ConfigError
         For a mistake in the YAML, the overrides or the run options.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     hparams = load_yaml(hparams_file, overrides)
     check_run_options(hparams, run_opts)
     resolve_checkpoint_interval(hparams, run_opts)
     sb.utils.distributed.ddp_init_group(run_opts)
     seed_rank(hparams["seed"], rank_and_world_size()[0])
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
-    return hparams, run_opts
+    return hparams

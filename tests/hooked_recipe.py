@@ -76,6 +76,7 @@ def load_recipe(path):
     name = "recipe_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     recipe = importlib.util.module_from_spec(spec)
+    sys.modules[name] = recipe  # found by inspect, as a script would be
     spec.loader.exec_module(recipe)
     for attribute, value in list(vars(recipe).items()):
         if (

@@ -185,6 +185,8 @@ def test_main_command_uses_the_mini_corpus_without_data_folder(
         assert json.load(f)["d_model"] == 64
     assert os.path.getsize(os.path.join(output, "encoder.ckpt")) > 0
     assert [s["step"] for s in train_steps(output)] == [1, 2]
+    # SpeechBrain copies the recipe script next to its YAML.
+    assert os.path.isfile(os.path.join(output, "pretrain.py"))
 
 
 def test_resolve_data_folder_passes_the_mini_corpus_arguments(

@@ -323,7 +323,13 @@ def main(argv):
     S3LFinetune
         The trained (and tested) Brain.
     """
-    hparams, run_opts = start_experiment(argv)
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams = start_experiment(hparams_file, run_opts, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
     data_folder = resolve_data_folder(hparams)
     train_splits, valid_split = hparams["train_splits"], hparams["valid_split"]
     test_splits = present_splits(hparams, data_folder, hparams["test_splits"])

@@ -240,7 +240,13 @@ def main(argv):
     S3LPretrain
         The trained Brain.
     """
-    hparams, run_opts = start_experiment(argv)
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams = start_experiment(hparams_file, run_opts, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
     data_folder = resolve_data_folder(hparams)
     noise_csv = resolve_noise_csv(hparams, data_folder)
     prepare_csvs(
