@@ -9,8 +9,9 @@ number of distinct sentences is large enough that dev and test sentences
 are mostly unseen as a whole.
 
 The grammar is a context-free grammar without recursion: a nonterminal is
-written ``<NAME>`` and expands to one of its alternatives, drawn
-uniformly (list an alternative twice to make it twice as likely). About
+written ``<NAME>`` and expands to one of its alternatives, the first
+ones more often (a flattened Zipf law, 1 / (rank + 3), as for common words
+in text; list an alternative twice to make it more likely still). About
 300 words, each made of the letters a-z only, so that eSpeak NG reads
 every word and the CTC character vocabulary spells it.
 """
@@ -411,12 +412,20 @@ _VOWELS = "aeiou"
 
 def _expand(grammar, symbol, rng, words):
     """Appends a random expansion of ``symbol`` to ``words``."""
-    for token in rng.choice(grammar[symbol]).split():
+    alternatives = grammar[symbol]
+    (alternative,) = rng.choices(alternatives, _zipf_weights(len(alternatives)))
+    for token in alternative.split():
         slot = _SLOT.match(token)
         if slot:
             _expand(grammar, slot.group(1), rng, words)
         else:
             words.append(token)
+
+
+def _zipf_weights(count):
+    """Weights of a flattened Zipf law, 1 / (rank + 3): the first
+    alternatives are drawn most often, as common words are in text."""
+    return [1.0 / (rank + 3) for rank in range(count)]
 
 
 def _check_grammar(grammar, start):
