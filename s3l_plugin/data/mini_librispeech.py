@@ -463,9 +463,10 @@ def _check_existing(out_dir, options):
         stored = json.load(marker_file)
     if stored["options"] != options:
         differences = ", ".join(
-            f"{key}: {stored['options'].get(key)!r} there, {value!r} asked"
-            for key, value in options.items()
-            if stored["options"].get(key) != value
+            f"{key}: {stored['options'].get(key)!r} there, "
+            f"{options.get(key)!r} asked"
+            for key in sorted(set(options) | set(stored["options"]))
+            if stored["options"].get(key) != options.get(key)
         )
         raise ValueError(
             f"{out_dir} holds a mini LibriSpeech generated with other "
