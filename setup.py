@@ -25,6 +25,8 @@ setup(
         "soundfile>=0.12.1",
         "numpy>=1.23",
         "espeakng-loader>=0.2.4",
+        # KenLM and the lexicon decoder behind torchaudio's ctc_decoder.
+        "flashlight-text>=0.0.7",
     ],
     extras_require={
         # flash-attn builds only against CUDA; CPU machines use torch SDPA.

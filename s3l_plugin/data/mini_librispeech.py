@@ -27,7 +27,12 @@ Command line::
 
     python -m s3l_plugin.data.mini_librispeech OUT_DIR [--seed S]
         [--train-minutes M] [--dev-minutes M] [--test-minutes M]
-        [--text FILE] [--no-noise]
+        [--text FILE | --sentences {random,grammar}] [--no-noise]
+
+Sentences are random strings of common words (``random``, the default) or
+drawn from a small English grammar (``grammar``, see
+:mod:`s3l_plugin.data.grammar`), where a word n-gram learned from the
+training transcripts predicts the held-out ones.
 """
 
 import argparse
@@ -52,6 +57,7 @@ from tqdm import tqdm
 
 from s3l_plugin.data.atomic import write_text_atomic
 from s3l_plugin.data.espeak import ESpeak, Voice
+from s3l_plugin.data.grammar import GrammarSentenceGenerator
 from s3l_plugin.data.noise import generate_noise_collection, make_noise_csv
 from s3l_plugin.data.sentences import (
     SentenceGenerator,
@@ -86,6 +92,7 @@ _FORMAT_VERSION = 1
 # Per-train-speaker speech kept in memory for babble noise.
 _BABBLE_SECONDS_PER_TALKER = 20.0
 _MAX_CONSECUTIVE_REJECTS = 100
+SENTENCE_DESIGNS = ("random", "grammar")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _WORKER_COMMAND = (
     "from s3l_plugin.data.mini_librispeech import _worker_main; _worker_main()"
@@ -214,7 +221,8 @@ class _SpeakerJob:
     speaker: Speaker
     seconds: float
     seed: int
-    text_lines: tuple  # empty: built-in random sentences
+    text_lines: tuple  # empty: built-in sentences of `sentences`' design
+    sentences: str = "random"
 
 
 def _synthesize_speaker(job):
@@ -231,7 +239,7 @@ def _synthesize_speaker(job):
         ``(chapter, transcript, int16 samples)`` per utterance.
     """
     tts = ESpeak()
-    generator = SentenceGenerator(load_words())
+    generator = make_sentence_generator(job.sentences)
     speaker = job.speaker
     utterances, seconds, rejects = [], 0.0, 0
     for attempt in itertools.count():
@@ -261,6 +269,33 @@ def _synthesize_speaker(job):
         utterances.append((chapter, transcript, audio))
         seconds += duration
     return tts.sample_rate, utterances
+
+
+def make_sentence_generator(sentences):
+    """The generator of a sentence design (see the module docstring).
+
+    Arguments
+    ---------
+    sentences : str
+        ``"random"`` or ``"grammar"``.
+
+    Returns
+    -------
+    SentenceGenerator or GrammarSentenceGenerator
+        Has ``sentence(rng) -> str``.
+
+    Example
+    -------
+    >>> type(make_sentence_generator("grammar")).__name__
+    'GrammarSentenceGenerator'
+    """
+    if sentences == "random":
+        return SentenceGenerator(load_words())
+    if sentences == "grammar":
+        return GrammarSentenceGenerator()
+    raise ValueError(
+        f"sentences must be one of {SENTENCE_DESIGNS}, got {sentences!r}"
+    )
 
 
 def _resampled_length(num_samples, sample_rate):
@@ -325,7 +360,7 @@ def _text_pools(text_file, seed, minutes):
     return pools
 
 
-def _make_jobs(speakers, minutes, seed, text_pools):
+def _make_jobs(speakers, minutes, seed, text_pools, sentences):
     """One job per speaker, sharing its split's minutes evenly."""
     jobs = []
     for split in SPLITS:
@@ -341,6 +376,7 @@ def _make_jobs(speakers, minutes, seed, text_pools):
                     seconds=60.0 * minutes[split] / len(split_speakers),
                     seed=seed,
                     text_lines=lines,
+                    sentences=sentences,
                 )
             )
     return jobs
@@ -390,8 +426,12 @@ def _map_in_fresh_processes(jobs, num_workers):
         yield from executor.map(_run_in_fresh_process, jobs)
 
 
-def _options(seed, minutes, num_speakers, text_file, with_noise):
-    """The arguments that determine the corpus, as stored in the marker."""
+def _options(seed, minutes, num_speakers, text_file, with_noise, sentences):
+    """The arguments that determine the corpus, as stored in the marker.
+
+    The sentence design is recorded only when it is not the default, so
+    that corpora generated before the option existed still match.
+    """
     text_hash = None
     if text_file is not None:
         text_file = os.path.abspath(text_file)
@@ -405,6 +445,7 @@ def _options(seed, minutes, num_speakers, text_file, with_noise):
         "text_file": text_file,
         "text_sha256": text_hash,
         "with_noise": bool(with_noise),
+        **({} if sentences == "random" else {"sentences": sentences}),
     }
 
 
@@ -422,9 +463,10 @@ def _check_existing(out_dir, options):
         stored = json.load(marker_file)
     if stored["options"] != options:
         differences = ", ".join(
-            f"{key}: {stored['options'].get(key)!r} there, {value!r} asked"
-            for key, value in options.items()
-            if stored["options"].get(key) != value
+            f"{key}: {stored['options'].get(key)!r} there, "
+            f"{options.get(key)!r} asked"
+            for key in sorted(set(options) | set(stored["options"]))
+            if stored["options"].get(key) != options.get(key)
         )
         raise ValueError(
             f"{out_dir} holds a mini LibriSpeech generated with other "
@@ -496,6 +538,7 @@ def generate_mini_librispeech(
     dev_speakers=4,
     test_speakers=4,
     num_workers=2,
+    sentences="random",
 ):
     """Generates the synthetic mini LibriSpeech (see the module docstring).
 
@@ -516,7 +559,7 @@ def generate_mini_librispeech(
     text_file : str, optional
         Text to read, one utterance a line (normalised to LibriSpeech
         transcripts; lines are dealt to the splits without overlap).
-        Default: random sentences of 5 to 30 common English words.
+        Default: sentences of the ``sentences`` design.
     with_noise : bool
         Also write the noise collection and ``noise/noise.csv``.
     progress : bool
@@ -529,6 +572,12 @@ def generate_mini_librispeech(
         Speakers in ``test-clean``.
     num_workers : int
         Synthesis processes (the output does not depend on it).
+    sentences : str
+        Design of the generated sentences, without ``text_file``:
+        ``"random"``, 5 to 30 common English words drawn at random, or
+        ``"grammar"``, 4 to 14 words from a small English grammar of about
+        300 words (:mod:`s3l_plugin.data.grammar`), which a word n-gram
+        learned from the training transcripts can predict.
 
     Returns
     -------
@@ -559,7 +608,18 @@ def generate_mini_librispeech(
         DEV: dev_speakers,
         TEST: test_speakers,
     }
-    options = _options(seed, minutes, num_speakers, text_file, with_noise)
+    if sentences not in SENTENCE_DESIGNS:
+        raise ValueError(
+            f"sentences must be one of {SENTENCE_DESIGNS}, got {sentences!r}"
+        )
+    if text_file is not None and sentences != "random":
+        raise ValueError(
+            f"sentences={sentences!r} generates the text; it cannot be "
+            "combined with a text file"
+        )
+    options = _options(
+        seed, minutes, num_speakers, text_file, with_noise, sentences
+    )
     summary = _check_existing(out_dir, options)
     if summary is not None:
         logger.info("%s already holds this mini LibriSpeech; skipping", out_dir)
@@ -569,7 +629,7 @@ def generate_mini_librispeech(
     text_pools = None
     if text_file is not None:
         text_pools = _text_pools(text_file, seed, minutes)
-    jobs = _make_jobs(speakers, minutes, seed, text_pools)
+    jobs = _make_jobs(speakers, minutes, seed, text_pools, sentences)
     work_dir = _fresh_work_dir(out_dir)
 
     transcripts = defaultdict(list)  # chapter folder -> lines
@@ -690,8 +750,15 @@ def main(argv=None):
     parser.add_argument("--train-speakers", type=int, default=24)
     parser.add_argument("--dev-speakers", type=int, default=4)
     parser.add_argument("--test-speakers", type=int, default=4)
-    parser.add_argument(
-        "--text", help="text file, one utterance a line (default: random)"
+    text = parser.add_mutually_exclusive_group()
+    text.add_argument(
+        "--text", help="text file, one utterance a line (default: generated)"
+    )
+    text.add_argument(
+        "--sentences",
+        choices=SENTENCE_DESIGNS,
+        default="random",
+        help="design of the generated sentences (default: random)",
     )
     parser.add_argument(
         "--no-noise", action="store_true", help="skip the noise collection"
@@ -713,6 +780,7 @@ def main(argv=None):
         dev_speakers=args.dev_speakers,
         test_speakers=args.test_speakers,
         num_workers=args.workers,
+        sentences=args.sentences,
     )
     for split, stats in summary["splits"].items():
         logger.info(
