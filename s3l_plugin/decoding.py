@@ -40,7 +40,7 @@ import os
 
 import torch
 
-from s3l_plugin.asr import CharVocabulary
+from s3l_plugin.vocabulary import CharVocabulary
 from s3l_plugin.ngram import UNK, BackoffNgramLM
 
 # The paper's weights for this decoder (flashlight, KenLM log10 scores).
@@ -67,7 +67,7 @@ def write_lexicon(words, path, tokens=None):
     path : str
         Output file.
     tokens : list of str, optional
-        The CTC tokens; default: :class:`~s3l_plugin.asr.CharVocabulary`'s.
+        The CTC tokens; default: :class:`~s3l_plugin.vocabulary.CharVocabulary`'s.
 
     Returns
     -------

@@ -67,9 +67,13 @@ class EncoderArchitecture:
     pos_conv_groups : int
         Groups of the positional convolutions.
     normalize_features : bool
-        Per-utterance mean/variance normalisation of the features (off in
-        the reference). No parameter depends on it, but weights trained
-        with one setting are wrong for the other, so it is architecture.
+        Per-utterance mean/variance normalisation of the features, per mel
+        channel over the valid frames (on by default; off in the reference:
+        METHOD.md 8.1). Un-normalised dB features put most of every
+        layer's energy into a component constant over time, and CTC
+        finetuning then sits on the blank plateau. No parameter depends on
+        it, but weights trained with one setting are wrong for the other,
+        so it is architecture.
 
     Example
     -------
@@ -92,7 +96,7 @@ class EncoderArchitecture:
     proj_dim: int = 256
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
-    normalize_features: bool = False
+    normalize_features: bool = True
 
     def __post_init__(self):
         for name in ("conv1_channels", "conv2_channels"):

@@ -16,7 +16,12 @@ import torch
 import torchaudio
 from torch import nn
 
-from s3l_plugin.lengths import padding_mask, relative_to_absolute, valid_mask
+from s3l_plugin.lengths import (
+    masked_mean,
+    padding_mask,
+    relative_to_absolute,
+    valid_mask,
+)
 
 
 def reflect_pad_index(lengths, max_len, pad):
@@ -216,7 +221,7 @@ class MelFeatures(nn.Module):
             floor = feats.masked_fill(~valid, float("-inf")).amax(dim=(1, 2))
             feats = torch.maximum(feats, (floor - self.top_db)[:, None, None])
             if self.normalize:
-                feats = _normalize_valid(feats, valid, feat_lens)
+                feats = _normalize_valid(feats, feat_lens)
             feats = feats.masked_fill(~valid, 0.0)
         return feats, feat_lens
 
@@ -248,10 +253,8 @@ class MelFeatures(nn.Module):
         return 10.0 * torch.log10(mel.clamp(min=self.amin))
 
 
-def _normalize_valid(feats, valid, lengths, eps=1e-5):
+def _normalize_valid(feats, lengths, eps=1e-5):
     """Per-utterance, per-channel standardisation over the valid frames."""
-    count = lengths.to(feats.dtype).clamp(min=1)[:, None, None]
-    masked = feats * valid
-    mean = masked.sum(dim=1, keepdim=True) / count
-    var = ((feats - mean) * valid).square().sum(dim=1, keepdim=True) / count
+    mean = masked_mean(feats, lengths)
+    var = masked_mean((feats - mean).square(), lengths)
     return (feats - mean) / torch.sqrt(var + eps)

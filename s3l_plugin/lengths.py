@@ -112,3 +112,30 @@ def zero_padding(x, lengths):
     """
     padding = padding_mask(lengths, x.shape[1])
     return x.masked_fill(padding.view(*padding.shape, *[1] * (x.dim() - 2)), 0)
+
+
+def masked_mean(x, lengths):
+    """Each utterance's mean over its valid frames, per channel.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        (B, T, C) padded batch (padded frames may hold anything).
+    lengths : torch.Tensor
+        (B,) long valid frames.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, 1, C) means, the same whatever the padding.
+
+    Example
+    -------
+    >>> x = torch.tensor([[[1.0], [3.0], [9.0]], [[2.0], [4.0], [6.0]]])
+    >>> masked_mean(x, torch.tensor([2, 3])).flatten().tolist()
+    [2.0, 4.0]
+    """
+    count = lengths.to(device=x.device, dtype=x.dtype).clamp(min=1)
+    return zero_padding(x, lengths).sum(dim=1, keepdim=True) / count.view(
+        -1, 1, 1
+    )

@@ -52,6 +52,10 @@ class CharVocabulary:
     """
 
     blank_index = 0
+    # Token names for decoders that take a token list (flashlight's): the
+    # blank, and the space as the word separator.
+    BLANK = "<blank>"
+    SEPARATOR = "|"
 
     def __init__(self, unknown="error"):
         if unknown not in ("error", "drop"):
@@ -123,6 +127,18 @@ class CharVocabulary:
         """
         ids = [int(i) for i in ids if int(i) != self.blank_index]
         return _normalise("".join(self.encoder.decode_ndim(ids)))
+
+    @property
+    def tokens(self):
+        """Token names in id order, for a lexicon decoder.
+
+        Example
+        -------
+        >>> CharVocabulary().tokens[:4]
+        ['<blank>', '|', "'", 'A']
+        """
+        names = {"": self.BLANK, " ": self.SEPARATOR}
+        return [names.get(token, token) for token in self.ctc_vocab_list()]
 
     def ctc_vocab_list(self):
         """Token strings for SpeechBrain's ``CTCBeamSearcher``.

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from s3l_plugin.asr import CharVocabulary
+from s3l_plugin.vocabulary import CharVocabulary
 from s3l_plugin.ctc import greedy_decode
 from s3l_plugin.data.grammar import GrammarSentenceGenerator
 from s3l_plugin.decoding import (
@@ -50,7 +50,7 @@ def _emissions(text, confusions=None, noise=0.5, seed=0, peak=8.0):
     logits[torch.arange(len(frames)), frames] += peak
     for position, letter in (confusions or {}).items():
         frame = 2 * position  # one token per character of text
-        logits[frame, VOCAB.index[letter]] = logits[frame].max() + 1.0
+        logits[frame, VOCAB.tokens.index(letter)] = logits[frame].max() + 1.0
     return logits.log_softmax(-1)
 
 
@@ -199,7 +199,7 @@ def _noisy_emissions(text, rng, generator, error_rate):
         frames += [index, VOCAB.blank_index]
     logits = torch.randn(len(frames), len(VOCAB), generator=generator)
     logits[torch.arange(len(frames)), frames] += 6.0
-    letters = range(VOCAB.index["A"], len(VOCAB))
+    letters = range(VOCAB.tokens.index("A"), len(VOCAB))
     for frame in range(0, len(frames), 2):
         if frames[frame] not in letters:
             continue

@@ -9,7 +9,7 @@ import re
 import pytest
 import soundfile as sf
 
-from s3l_plugin.asr import CharVocabulary
+from s3l_plugin.vocabulary import CharVocabulary
 from s3l_plugin.data.grammar import GrammarSentenceGenerator
 from s3l_plugin.data.mini_librispeech import (
     MARKER,
