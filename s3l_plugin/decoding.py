@@ -40,8 +40,8 @@ import os
 
 import torch
 
-from s3l_plugin.vocabulary import CharVocabulary
 from s3l_plugin.ngram import UNK, BackoffNgramLM
+from s3l_plugin.vocabulary import CharVocabulary
 
 # The paper's weights for this decoder (flashlight, KenLM log10 scores).
 PAPER_LM_WEIGHT = 3.23

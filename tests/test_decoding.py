@@ -6,7 +6,6 @@ import random
 import pytest
 import torch
 
-from s3l_plugin.vocabulary import CharVocabulary
 from s3l_plugin.ctc import greedy_decode
 from s3l_plugin.data.grammar import GrammarSentenceGenerator
 from s3l_plugin.decoding import (
@@ -18,6 +17,7 @@ from s3l_plugin.decoding import (
     word_error_rate,
     write_lexicon,
 )
+from s3l_plugin.vocabulary import CharVocabulary
 
 pytest.importorskip("flashlight.lib.text.decoder")
 

@@ -9,7 +9,6 @@ import re
 import pytest
 import soundfile as sf
 
-from s3l_plugin.vocabulary import CharVocabulary
 from s3l_plugin.data.grammar import GrammarSentenceGenerator
 from s3l_plugin.data.mini_librispeech import (
     MARKER,
@@ -17,6 +16,7 @@ from s3l_plugin.data.mini_librispeech import (
     main,
 )
 from s3l_plugin.ngram import BackoffNgramLM
+from s3l_plugin.vocabulary import CharVocabulary
 
 # Sizes of the default demo corpus: 30 train minutes of about 2.5 s
 # utterances, 3 dev minutes.
