@@ -135,11 +135,38 @@ def build_lexicon_lm(transcripts, out_dir, order=3):
     """
     transcripts = [" ".join(t.split()) for t in transcripts if t.split()]
     os.makedirs(out_dir, exist_ok=True)
-    lexicon_path = os.path.join(out_dir, "lexicon.txt")
-    lm_path = os.path.join(out_dir, f"lm_{order}gram.arpa")
-    write_lexicon((w for t in transcripts for w in t.split()), lexicon_path)
-    BackoffNgramLM.estimate(transcripts, order=order).write_arpa(lm_path)
-    return {"lexicon_path": lexicon_path, "lm_path": lm_path}
+    files = lexicon_lm_files(out_dir, order)
+    words = (w for t in transcripts for w in t.split())
+    write_lexicon(words, files["lexicon_path"])
+    lm = BackoffNgramLM.estimate(transcripts, order=order)
+    lm.write_arpa(files["lm_path"])
+    return files
+
+
+def lexicon_lm_files(out_dir, order=3):
+    """Where :func:`build_lexicon_lm` writes the lexicon and the n-gram.
+
+    Arguments
+    ---------
+    out_dir : str
+        The folder.
+    order : int
+        n-gram order.
+
+    Returns
+    -------
+    dict
+        ``lexicon_path`` and ``lm_path``.
+
+    Example
+    -------
+    >>> lexicon_lm_files("lm")["lm_path"]
+    'lm/lm_3gram.arpa'
+    """
+    return {
+        "lexicon_path": os.path.join(out_dir, "lexicon.txt"),
+        "lm_path": os.path.join(out_dir, f"lm_{order}gram.arpa"),
+    }
 
 
 class LexiconBeamSearch:

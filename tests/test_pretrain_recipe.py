@@ -158,7 +158,7 @@ def test_main_command_uses_the_mini_corpus_without_data_folder(
     extra = "".join(
         f"\nmini_corpus_{key}: {value}"
         for key, value in tiny_corpus.args.items()
-        if key != "seed"
+        if key not in ("seed", "sentences")  # both in the YAML already
     )
     with open(PRETRAIN_TINY_YAML, encoding="utf-8") as f:
         yaml.write_text(f.read() + extra + "\n")

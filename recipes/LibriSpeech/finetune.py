@@ -43,6 +43,11 @@ from s3l_plugin.data.batching import (
     make_train_sampler,
     train_loader_kwargs,
 )
+from s3l_plugin.decoding import (
+    build_lexicon_lm,
+    lexicon_lm_files,
+    tune_decoder,
+)
 from s3l_plugin.data.sources import (
     prepare_csvs,
     present_splits,
@@ -76,7 +81,7 @@ class S3LFinetune(S3LBrain):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         model = unwrap_module(self.modules.model)
-        feats, feat_lens = model.encoder.features(wavs, wav_lens)
+        feats, feat_lens = model.features(wavs, wav_lens)
         if stage == sb.Stage.TRAIN:
             feats = self.modules.spec_augment(feats, feat_lens)
         return self.modules.model(feats, feat_lens)
@@ -96,19 +101,41 @@ class S3LFinetune(S3LBrain):
             targets = [text.split() for text in batch.wrd]
             self.wer_metric.append(batch.id, words, targets)
             self.cer_metric.append(batch.id, words, targets)
-            if stage == sb.Stage.TEST and self.beam_searcher is not None:
-                beams = self._beam_search(logits, lengths)
-                self.beam_metric.append(batch.id, beams, targets)
+            if stage == sb.Stage.TEST and self.decoder is not None:
+                log_probs = torch.log_softmax(logits.detach().float(), -1)
+                self.emissions.append(
+                    (batch.id, log_probs.cpu(), lengths.cpu(), targets)
+                )
         return loss
 
-    def _beam_search(self, logits, lengths):
-        log_probs = torch.log_softmax(logits.detach().float(), dim=-1).cpu()
-        words = []
-        for log_prob, length in zip(log_probs, lengths.tolist()):
-            hyps = self.beam_searcher(log_prob[:length].unsqueeze(0))
-            text = hyps[0][0].text if hyps and hyps[0] else ""
-            words.append(text.upper().split())
-        return words
+    def decode_emissions(self):
+        """Beam-searches the test stage's emissions into ``beam_metric``.
+
+        On the validation split (evaluated first), the decoder's LM weight
+        and word score are tuned on its WER first when ``tune_decoder``.
+        """
+        split = getattr(self, "test_split", "test")
+        if split == self.hparams.valid_split and self.hparams.tune_decoder:
+            lm_weight, word_score, wer = tune_decoder(
+                self.decoder,
+                [log_probs for _, log_probs, _, _ in self.emissions],
+                [lengths for _, _, lengths, _ in self.emissions],
+                [words for _, _, _, batch in self.emissions for words in batch],
+                lm_weights=self.hparams.tune_lm_weights,
+                word_scores=self.hparams.tune_word_scores,
+            )
+            logger.info(
+                "Decoder tuned on %s: lm_weight %s, word_score %s (WER %.2f%%)",
+                split,
+                lm_weight,
+                word_score,
+                wer,
+            )
+            self.decoder = self.decoder.with_weights(lm_weight, word_score)
+        for ids, log_probs, lengths, targets in self.emissions:
+            self.beam_metric.append(
+                ids, self.decoder(log_probs, lengths), targets
+            )
 
     def init_optimizers(self):
         """AdamW for the encoder (unless frozen) and for the head."""
@@ -157,6 +184,7 @@ class S3LFinetune(S3LBrain):
             self.wer_metric = self.hparams.error_rate_computer()
             self.cer_metric = self.hparams.cer_computer()
             self.beam_metric = self.hparams.error_rate_computer()
+            self.emissions = []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs; checkpoints on valid WER; writes the test WER files."""
@@ -194,14 +222,15 @@ class S3LFinetune(S3LBrain):
             )
             return
         split = getattr(self, "test_split", "test")
-        if self.beam_searcher is not None:
+        if self.decoder is not None:
+            self.decode_emissions()
             stats["WER_beam"] = self.beam_metric.summarize("error_rate")
         self.hparams.train_logger.log_stats(
             stats_meta={"test split": split}, test_stats=stats
         )
         if if_main_process():
             metrics = {f"wer_{split}.txt": self.wer_metric}
-            if self.beam_searcher is not None:
+            if self.decoder is not None:
                 metrics[f"wer_beam_{split}.txt"] = self.beam_metric
             for name, metric in metrics.items():
                 path = os.path.join(self.hparams.output_folder, name)
@@ -220,6 +249,37 @@ def make_lr_schedule(hp, lr):
         decay_steps=max(1, round(hp.decay_ratio * total)),
         total_steps=total,
     )
+
+
+def build_decoder(hparams, vocab, train):
+    """The test-time lexicon + n-gram beam search, or None.
+
+    With ``lm_path`` and ``lexicon_path`` unset, the lexicon and an
+    ``lm_order``-gram are built from the training transcripts (main
+    process) into ``<output_folder>/lm``.
+    """
+    if not hparams["beam_search"]:
+        return None
+    if hparams["vocab"] != "char":
+        logger.warning(
+            "beam_search needs the character vocabulary (the lexicon spells "
+            "words in characters): test decoding is greedy only"
+        )
+        return None
+    files = {
+        "lexicon_path": hparams["lexicon_path"],
+        "lm_path": hparams["lm_path"],
+    }
+    if not files["lexicon_path"]:
+        folder = os.path.join(hparams["output_folder"], "lm")
+        transcripts = [row["wrd"] for row in train.data.values()]
+        run_on_main(
+            build_lexicon_lm,
+            args=[transcripts, folder],
+            kwargs={"order": hparams["lm_order"]},
+        )
+        files = lexicon_lm_files(folder, hparams["lm_order"])
+    return hparams["decoder"](tokens=vocab.tokens, **files)
 
 
 def build_vocabulary(hparams):
@@ -369,13 +429,7 @@ def main(argv):
         checkpointer=hparams["checkpointer"],
     )
     brain.vocab = vocab
-    brain.beam_searcher = None
-    if hparams["test_beam_search"]:
-        brain.beam_searcher = hparams["beam_searcher"](
-            blank_index=vocab.blank_index,
-            vocab_list=vocab.ctc_vocab_list(),
-            space_token=" ",
-        )
+    brain.decoder = build_decoder(hparams, vocab, train)
     brain.test_results = {}
     # Brain only re-seeds samplers it built itself; without this the
     # dynamic batches would come in the same order every epoch.
@@ -392,6 +446,9 @@ def main(argv):
         ),
     )
     brain.write_cost()
+    if brain.decoder is not None and hparams["tune_decoder"]:
+        # The validation split first: the decoder's weights are tuned on it.
+        tests = {valid_split: valid, **tests}
     for split, dataset in tests.items():
         brain.test_split = split
         brain.evaluate(
@@ -403,9 +460,12 @@ def main(argv):
         )
     if if_main_process():
         for split, stats in brain.test_results.items():
-            line = f"{split} WER: {stats['WER']:.2f}%"
+            line = f"{split} WER: {stats['WER']:.2f}% greedy"
             if "WER_beam" in stats:
-                line += f" (beam search: {stats['WER_beam']:.2f}%)"
+                line += (
+                    f", {stats['WER_beam']:.2f}% lexicon + n-gram beam search"
+                )
+            line += f" (CER {stats['CER']:.2f}% greedy)"
             logger.info(line)
             print(line)
     return brain

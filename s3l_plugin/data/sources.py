@@ -27,6 +27,7 @@ MINI_CORPUS_KEYS = {
     "mini_corpus_train_speakers": "train_speakers",
     "mini_corpus_dev_speakers": "dev_speakers",
     "mini_corpus_test_speakers": "test_speakers",
+    "mini_corpus_sentences": "sentences",
 }
 
 
