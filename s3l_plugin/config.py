@@ -279,8 +279,8 @@ def check_ctc_config(hparams, vocab_size):
     Arguments
     ---------
     hparams : dict
-        Loaded YAML: ``best_key``, ``head``, ``vocab``,
-        ``test_beam_search`` and ``kenlm_model_path``.
+        Loaded YAML: ``best_key``, ``head``, ``vocab``, ``beam_search``,
+        ``lexicon_path`` and ``lm_path``.
     vocab_size : int
         Tokens of the output vocabulary (the blank included).
 
@@ -288,7 +288,7 @@ def check_ctc_config(hparams, vocab_size):
     ------
     ConfigError
         A ``best_key`` other than WER or CER, a head whose output size is
-        not the vocabulary's, or a missing KenLM model or package.
+        not the vocabulary's, or a missing lexicon or LM file.
 
     Example
     -------
@@ -307,15 +307,13 @@ def check_ctc_config(hparams, vocab_size):
             f"{hparams['vocab']} vocabulary has {vocab_size} tokens: set "
             f"--output_neurons={vocab_size}"
         )
-    lm_path = hparams.get("kenlm_model_path")
-    if hparams["test_beam_search"] and lm_path:
-        if not os.path.isfile(lm_path):
-            raise ConfigError(f"kenlm_model_path {lm_path} does not exist")
-        try:
-            import kenlm  # noqa: F401
-        except ImportError:
+    if hparams["beam_search"]:
+        for key in ("lexicon_path", "lm_path"):
+            path = hparams[key]
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{key} {path} does not exist")
+        if bool(hparams["lexicon_path"]) != bool(hparams["lm_path"]):
             raise ConfigError(
-                f"kenlm_model_path is {lm_path} but the kenlm package is not "
-                "installed: pip install kenlm (or pip install "
-                "'s3l_plugin[lm]'), or set kenlm_model_path: null"
-            ) from None
+                "give both lexicon_path and lm_path (or neither, to build "
+                "them from the training transcripts)"
+            )

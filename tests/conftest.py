@@ -241,13 +241,13 @@ class FinetuneRunner(PretrainRunner):
         self.pretrained = pretrained
 
     def argv(self, output_folder, *extra, data_folder=True, yaml=None):
-        """Recipe arguments: YAML, folders, a small head, no test set."""
+        """Recipe arguments: YAML, folders, no test set, greedy decoding."""
         argv = [
             yaml or FINETUNE_TINY_YAML,
             f"--output_folder={output_folder}",
             f"--pretrained_path={self.pretrained}",
             "--noprogressbar",
-            "--head_channels=16",
+            "--beam_search=False",
             "--test_splits=[]",
         ]
         if data_folder:

@@ -70,7 +70,6 @@ def _args(corpus, pretrained_folder, output_folder, *extra):
         f"--data_folder={corpus}",
         f"--pretrained_path={pretrained_folder}",
         f"--output_folder={output_folder}",
-        "--head_channels=16",
         "--noprogressbar",
         *extra,
     ]
@@ -132,7 +131,6 @@ def test_frozen_encoder_stays_frozen(tmp_path, corpus, pretrained):
         {
             "pretrained_path": folder,
             "output_folder": str(tmp_path / "x"),
-            "head_channels": 16,
         }
     )
     assert not torch.equal(
@@ -155,8 +153,9 @@ def test_tiny_finetune_lowers_loss_and_writes_wer(tmp_path, corpus, pretrained):
             # (its quantile duration buckets each end in a partial batch).
             "--max_batch_length=30",
             "--lr_head=0.005",
-            "--test_beam_search=True",
             "--beam_size=4",
+            "--tune_lm_weights=[0.5, 2.0]",
+            "--tune_word_scores=[0.0]",
         ),
         cwd=ROOT,
         env=env,
@@ -171,7 +170,10 @@ def test_tiny_finetune_lowers_loss_and_writes_wer(tmp_path, corpus, pretrained):
     assert wer_file.is_file()
     assert "%WER" in wer_file.read_text()
     assert (output / "wer_beam_test-clean.txt").is_file()
-    assert "beam search:" in match.string
+    assert "lexicon + n-gram beam search" in match.string
+    assert "dev-clean WER" in result.stdout  # decoded first, for tuning
+    assert (output / "lm" / "lm_3gram.arpa").is_file()
+    assert "Decoder tuned on dev-clean" in (output / "log.txt").read_text()
     log = (output / "train_log.txt").read_text()
     losses = [float(x) for x in re.findall(r"train loss: ([\d.e+-]+)", log)]
     steps = [int(x) for x in re.findall(r"optimizer_step: (\d+)", log)]

@@ -43,15 +43,15 @@ from s3l_plugin.data.batching import (
     make_train_sampler,
     train_loader_kwargs,
 )
-from s3l_plugin.decoding import (
-    build_lexicon_lm,
-    lexicon_lm_files,
-    tune_decoder,
-)
 from s3l_plugin.data.sources import (
     prepare_csvs,
     present_splits,
     resolve_data_folder,
+)
+from s3l_plugin.decoding import (
+    build_lexicon_lm,
+    lexicon_lm_files,
+    tune_decoder,
 )
 from s3l_plugin.distributed import unwrap_module
 from s3l_plugin.training import S3LBrain, start_experiment
