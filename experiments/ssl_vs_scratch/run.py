@@ -654,6 +654,11 @@ def finetune(args, python, init, split, seed, steps, csv_info, pretrained):
 def main(argv=None):
     """Runs the whole experiment; returns the results dict."""
     args = parse_args(argv)
+    pretrained, to_pretrain = pretrain_folders(args)
+    needs_encoder = "s3l" in args.inits
+    if needs_encoder and not to_pretrain:
+        for folder in set(pretrained.values()):
+            check_pretrained(folder)
     os.makedirs(args.output, exist_ok=True)
     from s3l_plugin.data.mini_librispeech import generate_mini_librispeech
 
@@ -667,9 +672,7 @@ def main(argv=None):
     )
     folders = prepare_subsets(args)
     python = sys.executable
-    pretrained, to_pretrain = pretrain_folders(args)
     seconds = {}
-    needs_encoder = "s3l" in args.inits
     for seed in to_pretrain if needs_encoder else []:
         folder = pretrained[seed]
         command = [
@@ -691,9 +694,6 @@ def main(argv=None):
             }
             record_result(folder, done)
         seconds[f"pretrain-{seed}"] = done["seconds"]
-    if needs_encoder:
-        for folder in set(pretrained.values()):
-            check_pretrained(folder)
     runs = []
     for split in args.splits:
         for init in args.inits:
