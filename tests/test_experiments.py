@@ -172,7 +172,8 @@ def test_crdnn_baseline_matches_the_tiny_s3l_model_in_size_and_frames():
         os.path.join(ROOT, "hparams", "finetune_crdnn_tiny.yaml"), {}
     )
     ratio = _trainable(crdnn) / _trainable(s3l)
-    assert 0.75 < ratio < 1.25, ratio
+    # The same order of size (1.35 M vs 1.4 M; 0.9 M with a linear S3L head).
+    assert 0.5 < ratio < 2.0, ratio
     # Both emit a CTC frame every 20 ms (character CTC stays feasible).
     samples = torch.tensor([16000, 48000])
     s3l_frames = s3l["head"].output_lengths(
@@ -252,6 +253,7 @@ def test_tiny_run_writes_every_result_and_reuses_finished_runs(tmp_path):
         assert run["test_wer_beam"] is None or run["test_wer_beam"] >= 0
     table = (output / "results.md").read_text()
     assert table.count("| 0.") == 3 and "low-label" in table
+    assert "pretrained once (seed 1, 3 steps)" in table
     for name in ("finetuning_wer.png", "pretraining_loss.png", "results.md"):
         assert (plots / name).stat().st_size > 0
     record = output / "crdnn-small" / "1" / "experiment_run.json"
@@ -270,4 +272,5 @@ def test_tiny_run_writes_every_result_and_reuses_finished_runs(tmp_path):
         ("small", "crdnn", [1, 2]),
     ]
     assert json.loads((output / "results.json").read_text())["seeds"] == [1, 2]
-    assert "improvement" in results and "small" in results["improvement"]
+    assert results["improvement"]["small"]["baseline"] == "crdnn"
+    assert "pretrained once (seed 1, 3 steps)" in results["pretraining"]

@@ -651,6 +651,42 @@ def finetune(args, python, init, split, seed, steps, csv_info, pretrained):
     return result
 
 
+def describe_pretraining(folders):
+    """One sentence saying how the S3L encoders were pretrained.
+
+    Arguments
+    ---------
+    folders : list of str
+        The pretraining folder finetuned with each seed, in seed order.
+
+    Returns
+    -------
+    str
+    """
+    options = []
+    for folder in dict.fromkeys(folders):
+        path = os.path.join(folder, RECORD)
+        if not os.path.isfile(path):
+            return f"the S3L encoder is the existing pretraining {folder}."
+        with open(path, encoding="utf-8") as fin:
+            command = json.load(fin)["command"]
+        options.append(
+            dict(arg[2:].split("=", 1) for arg in command if "=" in arg)
+        )
+    steps = ", ".join(sorted({o["total_steps"] for o in options}))
+    if len(options) == 1:
+        return (
+            f"the S3L encoder was pretrained once (seed "
+            f"{options[0]['seed']}, {steps} steps) and finetuned with "
+            "each seed."
+        )
+    seeds = ", ".join(o["seed"] for o in options)
+    return (
+        f"the S3L encoder was pretrained once per seed (seeds {seeds}, "
+        f"{steps} steps)."
+    )
+
+
 def main(argv=None):
     """Runs the whole experiment; returns the results dict."""
     args = parse_args(argv)
@@ -715,15 +751,11 @@ def main(argv=None):
                 )
     summary = summarize(runs)
     gains = improvements(summary)
-    if args.pretrained:
-        pretraining = f"every S3L run finetunes {args.pretrained}."
-    elif args.pretrain_per_seed:
-        pretraining = "pretrained once per seed (the finetuning seed)."
-    else:
-        pretraining = (
-            f"pretrained once (seed {args.seeds[0]}), finetuned with each seed."
+    pretraining = "no S3L-pretrained run."
+    if needs_encoder:
+        pretraining = describe_pretraining(
+            [pretrained[seed] for seed in args.seeds]
         )
-    pretraining += f" {args.pretrain_steps} pretraining steps."
     first_pretrain = os.path.join(pretrained[args.seeds[0]], "train_log.txt")
     plots = plot_curves(runs, first_pretrain, args.output)
     results = {
