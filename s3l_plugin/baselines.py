@@ -6,9 +6,11 @@ features, input normalisation, ``speechbrain.lobes.models.CRDNN.CRDNN``
 (CNN blocks pooling frequency, max-pooling time, a bidirectional RNN, DNN
 blocks) and a linear output layer. It has the interface of
 ``s3l_plugin.ctc.S3LCTC`` (a ``features`` module, an ``encoder`` and a
-``head``, ``forward(feats, feat_lens) -> (logits, lengths)``), so the
-finetuning recipe trains and tests it unchanged: the experiment
-``experiments/ssl_vs_scratch`` compares it with the pretrained S3L model.
+``head``, ``forward(feats, feat_lens) -> (logits, lengths)``; the
+encoder's ``min_input_frames``, ``min_input_seconds``, ``output_lengths``
+and ``config["n_mels"]``), so the finetuning recipe trains and tests it
+unchanged: the experiment ``experiments/ssl_vs_scratch`` compares it with
+the pretrained S3L model.
 
 Authors
  * S3L contributors 2025
@@ -195,6 +197,7 @@ class CRDNNEncoder(nn.Module):
                 f"time_pooling_size must be >= 1, got {time_pooling_size}"
             )
         self.features = FbankFeatures(sample_rate=sample_rate, n_mels=n_mels)
+        self.config = {"n_mels": n_mels, "time_pooling_size": time_pooling_size}
         self.normalize = InputNormalization(norm_type="sentence")
         self.time_pooling_size = time_pooling_size
         self.crdnn = CRDNN(
@@ -219,9 +222,14 @@ class CRDNNEncoder(nn.Module):
             self.output_dim = rnn_neurons * (2 if rnn_bidirectional else 1)
 
     @property
+    def min_input_frames(self):
+        """Fewest feature frames giving one output frame."""
+        return self.time_pooling_size
+
+    @property
     def min_input_seconds(self):
         """Shortest waveform, in seconds, giving one output frame."""
-        samples = (self.time_pooling_size - 1) * self.features.hop_length
+        samples = (self.min_input_frames - 1) * self.features.hop_length
         return samples / self.features.sample_rate
 
     def output_lengths(self, feat_lens):

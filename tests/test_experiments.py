@@ -259,10 +259,12 @@ def test_tiny_run_writes_every_result_and_reuses_finished_runs(tmp_path):
     record = output / "crdnn-small" / "1" / "experiment_run.json"
     recorded = record.stat().st_mtime_ns
 
-    # A second seed for two inits, pretraining reused: seed 1 is read back.
+    # A second seed for two inits, pretraining reused: seed 1 is read back;
+    # the two new runs go side by side.
     results = experiment.main(
         common
         + ["--seeds", "1", "2", "--inits", "s3l", "crdnn", "--skip-pretrain"]
+        + ["--jobs", "2", "--threads", "1"]
     )
     assert record.stat().st_mtime_ns == recorded
     assert [
