@@ -68,6 +68,24 @@ def test_beam_wer_is_read_when_the_recipe_prints_it(tmp_path):
     assert experiment.read_beam_wer(str(log)) == 25.5
 
 
+def test_a_run_folder_resumes_only_the_same_run(tmp_path):
+    experiment = _load()
+    folder = tmp_path / "crdnn-small" / "1"
+    first = {"command": ["finetune.py", "--seed=1"], "code": ["abc"]}
+    experiment.start_folder(str(folder), first)
+    (folder / "save").mkdir()  # an interrupted run's checkpoints
+    experiment.start_folder(str(folder), first)
+    assert (folder / "save").is_dir()  # the same run resumes from them
+    assert experiment.previous_result(str(folder), first) is None
+    experiment.record_result(str(folder), dict(first, test_wer=50.0))
+    assert experiment.previous_result(str(folder), first)["test_wer"] == 50.0
+    other = dict(first, code=["changed yaml"])
+    assert experiment.previous_result(str(folder), other) is None
+    experiment.start_folder(str(folder), other)
+    assert not (folder / "save").exists()  # another run starts afresh
+    assert experiment.previous_result(str(folder), first) is None
+
+
 def _fake_runs(beam=True):
     """3 seeds x 2 splits x 3 inits with known test errors."""
     wers = {"s3l": 30.0, "scratch": 90.0, "crdnn": 50.0}

@@ -46,10 +46,12 @@ transfer at all?), not a LibriSpeech result.
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -589,6 +591,7 @@ def check_pretrained(folder):
 
 
 RECORD = "experiment_run.json"
+STARTED = "experiment_started.json"
 
 
 def file_stamp(path):
@@ -624,12 +627,38 @@ def previous_result(folder, identity):
     return done
 
 
-def record_result(folder, result):
+def record_result(folder, result, name=RECORD):
     """Writes ``result`` as ``folder``'s record, once the run is complete."""
-    path = os.path.join(folder, RECORD)
+    path = os.path.join(folder, name)
     with open(path + ".tmp", "w", encoding="utf-8") as fout:
         json.dump(result, fout, indent=2)
     os.replace(path + ".tmp", path)
+
+
+def start_folder(folder, identity):
+    """Readies ``folder`` for a run with ``identity``.
+
+    The recipes resume from the checkpoints in their output folder: an
+    interrupted run of the same identity resumes; anything else that is
+    there (another command's checkpoints) is deleted first.
+    """
+    started = os.path.join(folder, STARTED)
+    if os.path.isdir(folder):
+        same = False
+        if os.path.isfile(started):
+            with open(started, encoding="utf-8") as fin:
+                same = json.load(fin) == identity
+        if not same:
+            print(f"(deleting {folder}: another run's output)", flush=True)
+            shutil.rmtree(folder)
+    os.makedirs(folder, exist_ok=True)
+    record_result(folder, identity, STARTED)
+
+
+def file_hash(path):
+    """SHA-256 of a file's bytes (a changed YAML or recipe: a new run)."""
+    with open(path, "rb") as fin:
+        return hashlib.sha256(fin.read()).hexdigest()
 
 
 def finetune(args, python, init, split, seed, steps, csv_info, pretrained):
@@ -650,7 +679,10 @@ def finetune(args, python, init, split, seed, steps, csv_info, pretrained):
     ]
     if init == "s3l":
         command.append(f"--pretrained_path={pretrained}")
-    identity = {"command": command[1:]}
+    identity = {
+        "command": command[1:],
+        "code": [file_hash(os.path.join(ROOT, path)) for path in command[1:3]],
+    }
     if init == "s3l":
         identity["encoder"] = file_stamp(
             os.path.join(pretrained, "encoder.ckpt")
@@ -658,7 +690,7 @@ def finetune(args, python, init, split, seed, steps, csv_info, pretrained):
     done = previous_result(out, identity)
     if done is not None:
         return done
-    os.makedirs(out, exist_ok=True)
+    start_folder(out, identity)
     log_path = os.path.join(out, "experiment.log")
     seconds = run(command, log_path, args.threads)
     wer, cer = read_test_errors(out)
@@ -750,11 +782,15 @@ def main(argv=None):
             f"--seed={seed}",
             "--noprogressbar",
         ]
-        done = previous_result(folder, {"command": command[1:]})
+        identity = {
+            "command": command[1:],
+            "code": [file_hash(os.path.join(ROOT, p)) for p in command[1:3]],
+        }
+        done = previous_result(folder, identity)
         if done is None:
-            os.makedirs(folder, exist_ok=True)
+            start_folder(folder, identity)
             done = {
-                "command": command[1:],
+                **identity,
                 "seconds": round(
                     run(command, folder + ".log", args.threads), 1
                 ),
@@ -804,8 +840,6 @@ def main(argv=None):
     ) as out:
         out.write(table)
     if args.plots_to:
-        import shutil
-
         os.makedirs(args.plots_to, exist_ok=True)
         for path in plots:
             shutil.copy(path, args.plots_to)
