@@ -12,7 +12,7 @@ for n in 17 24 27 28 31 34; do
 done
 PLATFORMS+=(--platform manylinux2014_x86_64 --platform any)
 for package in speechbrain==1.1.2 hyperpyyaml==1.2.3 ruamel.yaml \
-        ruamel.yaml.clib soundfile cffi pycparser jiwer rapidfuzz \
+        ruamel.yaml.clib soundfile cffi pycparser rapidfuzz \
         espeakng-loader; do
     python3 -m pip download -q --no-deps --only-binary=:all: \
         --python-version 3.12 --implementation cp "${PLATFORMS[@]}" \

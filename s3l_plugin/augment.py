@@ -1,4 +1,4 @@
-"""Augmentations of S3L pretraining (SPEC section 4).
+"""Augmentations of S3L pretraining (METHOD.md 4).
 
 - ``SpecAugment``: frequency and time masks on the student's features.
 - ``RandomShift``: the teacher's random positional shift, and the crop that

@@ -1,7 +1,7 @@
 """Stacks of 1-D convolution blocks over padded (B, T, C) sequences.
 
 Each block is Conv1d (no bias) -> LayerNorm over channels -> ReLU ->
-dropout, as in the SPIRAL / S3LSpeech conv stacks and the predictor (SPEC 2,
+dropout, as in the SPIRAL / S3LSpeech conv stacks and the predictor (METHOD.md 2,
 3). Padded frames are zeroed before every convolution, so a 'same'-padded
 convolution sees zeros past each utterance's end exactly as it would alone.
 
@@ -166,7 +166,7 @@ class ConvStack(nn.Module):
     last_activation : bool
         If False the last layer is a plain, linear Conv1d (no bias, no
         LayerNorm, no ReLU), as the predictor's output must be able to take
-        any sign (SPEC 7, defect 4).
+        any sign (METHOD.md 7.4).
     conv_impl : str
         ``"auto"``, ``"fft"`` or ``"direct"``, see ``ConvBlock``.
 

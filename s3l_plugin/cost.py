@@ -23,6 +23,8 @@ from contextlib import contextmanager
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from s3l_plugin.data.atomic import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 RAPL_ROOT = "/sys/class/powercap"
@@ -358,10 +360,7 @@ class CostTracker:
         """
         report = self.report(extra)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as out:
-            json.dump(report, out, indent=2)
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(report, indent=2))
         return report
 
 

@@ -1,4 +1,4 @@
-"""CTC speech recognition on top of the S3L encoder (SPEC 6).
+"""CTC speech recognition on top of the S3L encoder (METHOD.md 6).
 
 The representation is a learned, softmax-normalised weighted sum of the last
 transformer layers (512-d, 80 ms); ``CTCHead`` up-samples it back to 10 ms
@@ -9,6 +9,8 @@ Authors
  * S3L contributors 2025
 """
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from speechbrain.decoders.ctc import filter_ctc_output
@@ -18,12 +20,14 @@ from s3l_plugin.conv import conv1d_frames
 from s3l_plugin.lengths import masked_mean, zero_padding
 from s3l_plugin.runtime import DeviceResolved, check_choice, resolve_conv_impl
 
+logger = logging.getLogger(__name__)
+
 
 class WeightedLayerSum(nn.Module):
     """Learned weighted sum of layer outputs, weights ``softmax(raw)``.
 
     The weights are positive and sum to 1 whatever the raw parameters (the
-    reference divides by their sum, which can be ~0 or negative: SPEC 7.5).
+    reference divides by their sum, which can be ~0 or negative: METHOD.md 7.5).
     They start equal.
 
     Arguments
@@ -181,13 +185,13 @@ class LinearCTCHead(nn.Module):
 
 
 class CTCHead(nn.Module):
-    """Up-sampling convolutional CTC head, the paper's (SPEC 6).
+    """Up-sampling convolutional CTC head, the paper's (METHOD.md 6).
 
     Conv1d ``input_dim -> upsample * channels`` (kernel ``kernel_size``,
     'same'), reshaped to ``upsample`` times more frames (80 ms -> 10 ms),
     LayerNorm, ReLU, dropout; then ``num_conv`` blocks of Conv1d
     (``channels``, 'same') -> LayerNorm -> ReLU -> dropout; then a Linear
-    to ``vocab_size`` LINEAR logits (no ReLU: SPEC 7.4). Padded frames are
+    to ``vocab_size`` LINEAR logits (no ReLU: METHOD.md 7.4). Padded frames are
     zeroed before every convolution, so an utterance's logits do not
     depend on its batch.
 
@@ -436,9 +440,13 @@ def ctc_loss(
 
     Log-softmax is taken in float32 (also under bf16 autocast). Padded
     frames and padded targets never enter the loss: an utterance's loss is
-    the same alone or padded in a batch. Infeasible alignments (target
-    longer than the frames) give 0 instead of inf (``zero_infinity``);
-    the recipe filters them out beforehand.
+    the same alone or padded in a batch. An infeasible target (more
+    tokens, plus a blank between repeats, than frames) would give an
+    infinite loss; it gives 0 instead (``zero_infinity``), and the
+    utterances concerned are counted and logged (a warning with the running
+    count, at the first and then at each doubling): at 80 ms frames without
+    an up-sampling head, character targets of ordinary speech are all
+    infeasible and the loss would silently be 0.0.
 
     Arguments
     ---------
@@ -472,6 +480,7 @@ def ctc_loss(
     >>> torch.allclose(loss[1], alone[0])
     True
     """
+    _count_infeasible(lengths, targets, target_lengths)
     log_probs = F.log_softmax(logits.float(), dim=-1)
     return F.ctc_loss(
         log_probs.transpose(0, 1),
@@ -482,6 +491,35 @@ def ctc_loss(
         reduction=reduction,
         zero_infinity=True,
     )
+
+
+class _InfeasibleTargets:
+    """Running count of infeasible CTC targets, for the warnings."""
+
+    count = 0
+    next_warning = 1
+
+
+def _count_infeasible(lengths, targets, target_lengths):
+    """Counts (and logs) utterances whose targets cannot fit their frames."""
+    target_lengths = target_lengths.long().to(targets.device)
+    positions = torch.arange(1, targets.shape[1], device=targets.device)
+    repeats = (targets[:, 1:] == targets[:, :-1]) & (
+        positions < target_lengths.unsqueeze(1)
+    )
+    needed = target_lengths + repeats.sum(dim=1)
+    infeasible = int((needed > lengths.to(needed.device)).sum())
+    if not infeasible:
+        return
+    _InfeasibleTargets.count += infeasible
+    if _InfeasibleTargets.count >= _InfeasibleTargets.next_warning:
+        _InfeasibleTargets.next_warning = 2 * _InfeasibleTargets.count
+        logger.warning(
+            "CTC: %d utterance(s) so far have more target tokens than output "
+            "frames (loss 0 for them, nothing learned): use an up-sampling "
+            "head (LinearCTCHead) or subword units",
+            _InfeasibleTargets.count,
+        )
 
 
 def ctc_feasible(tokens, frames):

@@ -1,4 +1,4 @@
-"""The S3LSpeech encoder: architecture, assembly and factories (SPEC 2).
+"""The S3LSpeech encoder: architecture, assembly and factories (METHOD.md 2).
 
 log-mels (10 ms) -> conv1 (x4 down) -> transf1 -> conv2 (x2 down) -> transf2,
 512-d every 80 ms, plus a 512 -> 256 projection kept as ``proj`` for the
@@ -124,7 +124,7 @@ class EncoderArchitecture:
 
 
 ARCHITECTURES = {
-    # The paper's encoder (SPEC 2).
+    # The paper's encoder (METHOD.md 2).
     "base": EncoderArchitecture(),
     # The CPU demo's (hparams/s3l_tiny.yaml): 128-d, 1 + 2 layers.
     "tiny": EncoderArchitecture(
@@ -311,11 +311,6 @@ class S3LEncoder(nn.Module):
     def config(self):
         """The architecture as a dict (what ``encoder_config.json`` holds)."""
         return self.architecture.to_dict()
-
-    @staticmethod
-    def tiny_config():
-        """Deprecated: ``architecture("toy")``, kept for older tests."""
-        return architecture("toy")
 
     @property
     def min_input_frames(self):

@@ -1,4 +1,4 @@
-"""Log-mel features computed per utterance, whatever the batch (SPEC 1).
+"""Log-mel features computed per utterance, whatever the batch (METHOD.md 1).
 
 A 20 ms hamming-windowed STFT every 10 ms, the power spectrum, 128 HTK mel
 filters and a decibel scale clamped 80 dB under the utterance's maximum. Each
@@ -66,7 +66,7 @@ def reflect_pad_index(lengths, max_len, pad):
 
 
 class MelFeatures(nn.Module):
-    """Log-mel spectrogram in float32, invariant to batch padding (SPEC 1).
+    """Log-mel spectrogram in float32, invariant to batch padding (METHOD.md 1).
 
     STFT (centred, reflect padding) -> power spectrum -> HTK mel filters
     (``torchaudio.functional.melscale_fbanks``) -> ``10 log10(max(x, amin))``

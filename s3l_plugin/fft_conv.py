@@ -1,6 +1,6 @@
 """Grouped 1-D convolution computed with real FFTs.
 
-The positional convolution of each transformer stack (SPEC 2: Conv1d
+The positional convolution of each transformer stack (METHOD.md 2: Conv1d
 512 -> 512, kernel 128, groups 16) is the most expensive convolution of
 the S3L encoder when computed directly: 128 taps per output. Through the
 FFT it costs one real FFT per channel and a 32 x 32 complex product per

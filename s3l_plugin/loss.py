@@ -1,9 +1,9 @@
-"""Frame-level InfoNCE with negatives from the same utterance (SPEC 3).
+"""Frame-level InfoNCE with negatives from the same utterance (METHOD.md 3).
 
 For each valid student frame, the positive is the aligned teacher frame and
 the negatives are other teacher frames of the same utterance, drawn
 uniformly with replacement. Padding is never a negative and never counted
-(SPEC 7.1).
+(METHOD.md 7.1).
 """
 
 import functools

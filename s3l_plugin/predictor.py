@@ -1,9 +1,9 @@
 """The student's predictor: maps projected frames to the teacher's targets.
 
 Three 'same'-padded Conv1d layers (256 channels; kernels 5, 5, 1; no bias)
-with LayerNorm, ReLU and dropout between them (SPEC 3). The last layer is
+with LayerNorm, ReLU and dropout between them (METHOD.md 3). The last layer is
 linear: the reference's ReLU there clipped every negative target
-coordinate (SPEC 7, defect 4).
+coordinate (METHOD.md 7.4).
 
 Authors
  * S3L contributors 2025

@@ -3,7 +3,7 @@
 The teacher produces the targets of the contrastive loss. It starts as a copy
 of the student's encoder and follows it as an exponential moving average,
 ``teacher <- m * teacher + (1 - m) * student``, once per optimizer step, with
-``m`` rising from 0.995 to 1.0 along a cosine (SPEC section 3).
+``m`` rising from 0.995 to 1.0 along a cosine (METHOD.md 3).
 """
 
 import copy
@@ -71,7 +71,7 @@ class EMATeacher(nn.Module):
     The teacher never trains: its parameters do not require gradients and
     it stays in eval mode whatever ``train()`` asks, because SpeechBrain's
     ``Brain`` calls ``modules.train()`` every epoch and dropout on the
-    targets is a defect of the reference (SPEC section 7.2). The number of
+    targets is a defect of the reference (METHOD.md 7.2). The number of
     updates applied is a buffer, so it is checkpointed with the weights and
     a resumed run continues the schedule instead of copying the student
     again.

@@ -1,7 +1,7 @@
 """Transformer components of the S3L encoder.
 
 A convolutional relative positional embedding (wav2vec 2.0 style), a
-post-LN transformer layer and the stack that chains them (SPEC 2). Padded
+post-LN transformer layer and the stack that chains them (METHOD.md 2). Padded
 frames are masked everywhere (``s3l_plugin.lengths``).
 
 Authors

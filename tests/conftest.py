@@ -215,11 +215,11 @@ def tiny_pretrained_encoder(tmp_path_factory):
     """A pretraining output folder holding a random tiny S3L encoder."""
     import torch
 
-    from s3l_plugin.encoder import S3LEncoder
+    from s3l_plugin.encoder import S3LEncoder, architecture
     from s3l_plugin.pretrained import save_encoder
 
     torch.manual_seed(0)
-    encoder = S3LEncoder(**dict(S3LEncoder.tiny_config(), transf2_layers=2))
+    encoder = S3LEncoder(**architecture("toy", transf2_layers=2))
     folder = str(tmp_path_factory.mktemp("tiny_pretrained"))
     save_encoder(encoder, folder)
     return folder

@@ -55,7 +55,7 @@ def test_ctc_head_logits_are_linear_and_upsampled():
     logits, lengths = head(torch.randn(2, 5, 16), torch.tensor([5, 3]))
     assert logits.shape == (2, 40, 29)
     assert lengths.tolist() == [40, 24]
-    # No ReLU on the output (SPEC 7.4): negative logits exist.
+    # No ReLU on the output (METHOD.md 7.4): negative logits exist.
     assert (logits < 0).any()
     assert isinstance(head.output, torch.nn.Linear)
 
@@ -169,3 +169,24 @@ def test_model_outputs_do_not_depend_on_batch():
     alone, alone_len = model(feats[1:, :90], torch.tensor([90]))
     assert lengths[1] == alone_len[0]
     assert torch.allclose(batch[1, : alone_len[0]], alone[0], atol=1e-4)
+
+
+def test_infeasible_targets_are_counted_and_logged(caplog):
+    # 4 frames: "AB" fits, "AAB" needs 4 (a blank between the A's) and
+    # fits, "ABCDE" does not: its loss is 0 (zero_infinity) and is logged.
+    from s3l_plugin import ctc
+
+    ctc._InfeasibleTargets.count, ctc._InfeasibleTargets.next_warning = 0, 1
+    logits = torch.randn(3, 4, 6)
+    targets = torch.tensor([[1, 2, 0, 0, 0], [1, 1, 2, 0, 0], [1, 2, 3, 4, 5]])
+    with caplog.at_level("WARNING", logger="s3l_plugin.ctc"):
+        loss = ctc_loss(
+            logits,
+            torch.tensor([4, 4, 4]),
+            targets,
+            torch.tensor([2, 3, 5]),
+            reduction="none",
+        )
+    assert loss[2] == 0 and (loss[:2] > 0).all()
+    assert ctc._InfeasibleTargets.count == 1
+    assert "1 utterance(s) so far" in caplog.text

@@ -59,11 +59,13 @@ def test_train_log_parsing_reads_speechbrain_lines(tmp_path):
 def test_beam_wer_is_read_when_the_recipe_prints_it(tmp_path):
     experiment = _load()
     log = tmp_path / "experiment.log"
-    log.write_text("noise\ntest-clean WER: 40.00%\n")
+    log.write_text("noise\ntest-clean WER: 40.00% (greedy; greedy CER 9.00%)\n")
     assert experiment.read_beam_wer(str(log)) is None
     log.write_text(
-        "test-clean WER: 40.00% (beam search: 25.50%)\n"
-        "dev-clean WER: 9.00% (beam search: 1.00%)\n"
+        "test-clean WER: 25.50% (lexicon + n-gram beam search; greedy "
+        "40.00%; greedy CER 9.00%)\n"
+        "dev-clean WER: 1.00% (lexicon + n-gram beam search; greedy 9.00%; "
+        "greedy CER 2.00%)\n"
     )
     assert experiment.read_beam_wer(str(log)) == 25.5
 

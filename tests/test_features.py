@@ -1,4 +1,4 @@
-"""MelFeatures: SPEC 1 features, computed per utterance whatever the batch."""
+"""MelFeatures: METHOD.md 1 features, computed per utterance whatever the batch."""
 
 import pytest
 import torch

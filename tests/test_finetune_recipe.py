@@ -12,7 +12,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from s3l_plugin.config import ConfigError, check_ctc_config
 from s3l_plugin.data.mini_librispeech import generate_mini_librispeech
-from s3l_plugin.encoder import S3LEncoder
+from s3l_plugin.encoder import S3LEncoder, architecture
 from s3l_plugin.pretrained import save_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +58,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     torch.manual_seed(0)
-    encoder = S3LEncoder(**dict(S3LEncoder.tiny_config(), transf2_layers=2))
+    encoder = S3LEncoder(**architecture("toy", transf2_layers=2))
     folder = str(tmp_path_factory.mktemp("pretrained"))
     save_encoder(encoder, folder)
     return encoder, folder

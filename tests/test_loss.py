@@ -14,7 +14,7 @@ def _seeded(seed):
 
 
 def _reference_loss(predictions, targets, lengths, negatives, temperature):
-    """Slow per-frame InfoNCE, written directly from SPEC section 3."""
+    """Slow per-frame InfoNCE, written directly from METHOD.md 3."""
     losses, correct = [], []
     for b, length in enumerate(lengths.tolist()):
         if length < 2:

@@ -1,4 +1,4 @@
-"""Predictor: 'same' conv stack with a linear last layer (SPEC 3, 7.4)."""
+"""Predictor: 'same' conv stack with a linear last layer (METHOD.md 3, 7.4)."""
 
 import torch
 from torch import nn

@@ -245,11 +245,11 @@ def prepare_subsets(args):
 
 
 LOG_FIELD = re.compile(r"([A-Za-z_ ]+?):\s*([-+0-9.eE]+)")
-# The finetuning recipe's last lines, e.g. "test-clean WER: 12.50%" or
-# "test-clean WER: 12.50% (beam search: 8.00%)".
+# The finetuning recipe's last lines, e.g. "test-clean WER: 64.32% (greedy;
+# greedy CER 22.68%)" or "test-clean WER: 19.52% (lexicon + n-gram beam
+# search; greedy 64.32%; greedy CER 22.68%)".
 WER_LINE = re.compile(
-    r"^(?P<split>\S+) WER: (?P<wer>[0-9.]+)%"
-    r"(?: \(beam search: (?P<beam>[0-9.]+)%\))?\s*$"
+    r"^(?P<split>\S+) WER: (?P<wer>[0-9.]+)% \((?P<decoder>lexicon|greedy)"
 )
 
 
@@ -297,14 +297,17 @@ def read_beam_wer(log_path, split="test-clean"):
     Returns
     -------
     float or None
-        The last "<split> WER: x% (beam search: y%)" line's y.
+        The last "<split> WER: x% (lexicon + n-gram beam search; ..." line's
+        x.
     """
     beam = None
     with open(log_path, encoding="utf-8") as fin:
         for line in fin:
             match = WER_LINE.match(line)
             if match and match["split"] == split:
-                beam = float(match["beam"]) if match["beam"] else None
+                beam = None
+                if match["decoder"] == "lexicon":
+                    beam = float(match["wer"])
     return beam
 
 
@@ -765,6 +768,9 @@ def main(argv=None):
         train_minutes=args.unlabelled_minutes,
         dev_minutes=args.eval_minutes,
         test_minutes=args.eval_minutes,
+        # Sentences of the recipes' grammar, so that the decoder's word
+        # n-gram (built from the labelled transcripts) can help.
+        sentences="grammar",
         progress=False,
     )
     folders = prepare_subsets(args)

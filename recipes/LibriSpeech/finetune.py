@@ -54,6 +54,7 @@ from s3l_plugin.decoding import (
     tune_decoder,
 )
 from s3l_plugin.distributed import unwrap_module
+from s3l_plugin.lengths import relative_to_absolute
 from s3l_plugin.training import S3LBrain, start_experiment
 from s3l_plugin.vocabulary import CharVocabulary, SubwordVocabulary
 
@@ -90,7 +91,7 @@ class S3LFinetune(S3LBrain):
         """CTC loss on the true lengths; greedy (and beam) WER in eval."""
         logits, lengths = predictions
         tokens, token_rel = batch.tokens
-        token_lens = torch.round(token_rel * tokens.shape[1]).long()
+        token_lens = relative_to_absolute(token_rel, tokens.shape[1])
         blank = self.vocab.blank_index
         loss = ctc_loss(logits, lengths, tokens, token_lens, blank=blank)
         self.stage_loss_sum += loss.detach()
@@ -460,12 +461,13 @@ def main(argv):
         )
     if if_main_process():
         for split, stats in brain.test_results.items():
-            line = f"{split} WER: {stats['WER']:.2f}% greedy"
+            line = f"{split} WER: {stats['WER']:.2f}% (greedy"
             if "WER_beam" in stats:
-                line += (
-                    f", {stats['WER_beam']:.2f}% lexicon + n-gram beam search"
+                line = (
+                    f"{split} WER: {stats['WER_beam']:.2f}% (lexicon + "
+                    f"n-gram beam search; greedy {stats['WER']:.2f}%"
                 )
-            line += f" (CER {stats['CER']:.2f}% greedy)"
+            line += f"; greedy CER {stats['CER']:.2f}%)"
             logger.info(line)
             print(line)
     return brain
