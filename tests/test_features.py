@@ -132,3 +132,23 @@ def test_reflect_pad_index_matches_torch_reflect():
         )[0]
         gathered = signal[row].gather(0, index[row])[: length + 32]
         assert torch.equal(gathered, expected)
+
+
+def test_normalised_features_ignore_a_gain():
+    # SpeechBrain's AddNoise scales the clean speech by (1 - f) where the
+    # reference adds the noise on top: a uniform gain, a constant dB
+    # shift, which the per-utterance normalisation removes (METHOD.md 8.7).
+    torch.manual_seed(0)
+    wavs = torch.randn(2, 16000) * torch.linspace(0.1, 1.0, 16000)
+    lens = torch.tensor([1.0, 0.6])
+    features = MelFeatures(n_mels=40, normalize=True)
+    clean, _ = features(wavs, lens)
+    for gain in (0.5, 0.97):
+        scaled, _ = features(gain * wavs, lens)
+        assert torch.allclose(scaled, clean, atol=1e-3)
+    # Without normalisation the gain shifts every value by 20 log10(gain).
+    raw = MelFeatures(n_mels=40)
+    shift = raw(0.5 * wavs, lens)[0] - raw(wavs, lens)[0]
+    assert torch.allclose(
+        shift[0], torch.full_like(shift[0], -6.0206), atol=1e-2
+    )
