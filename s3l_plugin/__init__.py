@@ -5,11 +5,12 @@ The pieces a recipe or another project needs are importable from here::
     from s3l_plugin import S3LEncoder, load_encoder, extract_features
 
 ``build_encoder`` builds an encoder from a pretrained folder or a named size
-(``s3l_base``: the paper's, ``s3l_tiny``: the CPU demo's).
+(``"base"``: the paper's, ``"tiny"``: the CPU demo's; the factories
+``s3l_base`` and ``s3l_tiny`` build them directly).
 """
 
 from s3l_plugin.augment import NoiseAugment, RandomShift, SpecAugment
-from s3l_plugin.ctc import CTCHead, WeightedLayerSum
+from s3l_plugin.ctc import S3LCTC, CTCHead, LinearCTCHead, WeightedLayerSum
 from s3l_plugin.encoder import (
     EncoderArchitecture,
     EncoderOutput,
@@ -36,6 +37,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CTCHead",
     "ContrastiveLoss",
+    "LinearCTCHead",
+    "S3LCTC",
     "EMATeacher",
     "EncoderArchitecture",
     "EncoderOutput",

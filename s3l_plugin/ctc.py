@@ -1,9 +1,11 @@
 """CTC speech recognition on top of the S3L encoder (METHOD.md 6).
 
 The representation is a learned, softmax-normalised weighted sum of the last
-transformer layers (512-d, 80 ms); ``CTCHead`` up-samples it back to 10 ms
-frames and maps every frame to linear logits over the vocabulary. Lengths
-are absolute frame counts throughout: padding never enters the loss.
+transformer layers (512-d, 80 ms), minus its utterance mean (METHOD.md 8.2);
+a head up-samples it back to 10 ms frames of linear logits over the
+vocabulary: ``LinearCTCHead`` (the default) or the paper's convolutional
+``CTCHead``. Lengths are absolute frame counts throughout: padding never
+enters the loss.
 
 Authors
  * S3L contributors 2025

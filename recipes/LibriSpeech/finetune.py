@@ -2,11 +2,13 @@
 """CTC finetuning of a pretrained S3LSpeech encoder on LibriSpeech.
 
 The encoder (the pretraining student) is finetuned with a learned weighted
-sum of its last transformer layers, an up-sampling convolutional CTC head
-and a character (or SentencePiece) vocabulary. Validation decodes
-greedily; the test sets are decoded greedily (and, optionally, with a CTC
-beam search and a KenLM n-gram) and their WER written to
-``<output_folder>/wer_<split>.txt``.
+sum of its last transformer layers, centred per utterance, an up-sampling
+CTC head (``LinearCTCHead``; the paper's convolutional ``CTCHead`` is a YAML
+switch) and a character (or SentencePiece) vocabulary. Validation decodes
+greedily. After training, the validation split and the test sets are
+decoded greedily and, with ``beam_search``, by the paper's lexicon + n-gram
+beam search (its weights tuned on the validation split first); WERs go to
+``<output_folder>/wer_<split>.txt`` and ``wer_beam_<split>.txt``.
 
 To run (paper configuration)::
 
@@ -73,8 +75,8 @@ class S3LFinetune(S3LBrain):
 
     Two optimizers: the encoder's (absent when it is frozen) and the head's
     (layer weights + CTC head), each with its own tri-stage learning rate.
-    ``main`` sets ``vocab``, ``beam_searcher`` (or None) and, before each
-    test set, ``test_split``.
+    ``main`` sets ``vocab``, ``decoder`` (a ``LexiconBeamSearch``, or None)
+    and, before each test set, ``test_split``.
     """
 
     def compute_forward(self, batch, stage):
