@@ -278,49 +278,6 @@ class CRDNNEncoder(nn.Module):
         return zero_padding(x, lengths), lengths
 
 
-class CTCOutput(nn.Module):
-    """Linear layer giving linear (not log-softmaxed) CTC logits per frame.
-
-    Arguments
-    ---------
-    input_dim : int
-        Size of the input frames.
-    vocab_size : int
-        Output classes, blank included.
-
-    Example
-    -------
-    >>> output = CTCOutput(8, vocab_size=5)
-    >>> logits, lengths = output(torch.randn(2, 3, 8), torch.tensor([3, 2]))
-    >>> logits.shape, lengths.tolist()
-    (torch.Size([2, 3, 5]), [3, 2])
-    """
-
-    def __init__(self, input_dim, vocab_size=29):
-        super().__init__()
-        self.vocab_size = vocab_size
-        self.linear = nn.Linear(input_dim, vocab_size)
-
-    def output_lengths(self, lengths):
-        """One output frame per input frame.
-
-        Arguments
-        ---------
-        lengths : torch.Tensor
-            (B,) long input frame counts.
-
-        Returns
-        -------
-        torch.Tensor
-            The same counts, long.
-        """
-        return lengths.long()
-
-    def forward(self, x, lengths):
-        """(B, T, input_dim) -> (B, T, vocab_size) logits and lengths."""
-        return self.linear(x), self.output_lengths(lengths)
-
-
 class CRDNNCTC(nn.Module):
     """SpeechBrain's CRDNN CTC model with ``S3LCTC``'s interface.
 
@@ -333,14 +290,16 @@ class CRDNNCTC(nn.Module):
     ---------
     encoder : CRDNNEncoder
         Normalisation and CRDNN.
-    head : CTCOutput
+    head : s3l_plugin.ctc.LinearCTCHead
         Output layer; its ``input_dim`` is ``encoder.output_dim``.
 
     Example
     -------
     >>> encoder = CRDNNEncoder(cnn_channels=[4, 8], rnn_neurons=8,
     ...                        dnn_neurons=8)
-    >>> model = CRDNNCTC(encoder, CTCOutput(8, vocab_size=5))
+    >>> from s3l_plugin.ctc import LinearCTCHead
+    >>> head = LinearCTCHead(8, upsample=1, vocab_size=5, dropout=0.0)
+    >>> model = CRDNNCTC(encoder, head)
     >>> feats, feat_lens = model.features(torch.randn(2, 3200),
     ...                                   torch.tensor([1.0, 0.5]))
     >>> logits, lengths = model(feats, feat_lens)

@@ -221,8 +221,8 @@ def test_crdnn_baseline_matches_the_tiny_s3l_model_in_size_and_frames(
 
 def test_crdnn_baseline_fits_a_fixed_batch():
     """A few Adam steps leave the CTC blank plateau on one batch."""
-    from s3l_plugin.baselines import CRDNNCTC, CRDNNEncoder, CTCOutput
-    from s3l_plugin.ctc import ctc_loss, greedy_decode
+    from s3l_plugin.baselines import CRDNNCTC, CRDNNEncoder
+    from s3l_plugin.ctc import LinearCTCHead, ctc_loss, greedy_decode
 
     torch.manual_seed(0)
     encoder = CRDNNEncoder(
@@ -232,7 +232,7 @@ def test_crdnn_baseline_fits_a_fixed_batch():
         dnn_neurons=32,
         dropout=0.0,
     )
-    model = CRDNNCTC(encoder, CTCOutput(32, vocab_size=6))
+    model = CRDNNCTC(encoder, LinearCTCHead(32, 1, vocab_size=6, dropout=0.0))
     feats = torch.randn(2, 60, 20)
     feat_lens = torch.tensor([60, 40])
     targets = torch.tensor([[1, 2, 3, 4, 5], [5, 4, 3, 0, 0]])
