@@ -106,7 +106,31 @@ class _ConvLNBlock(nn.Module):
         return self.dropout(torch.relu(self.norm(x)))
 
 
-class LinearCTCHead(nn.Module):
+class _UpsamplingHead(nn.Module):
+    """What the CTC heads share: ``upsample`` output frames per input."""
+
+    def output_lengths(self, lengths):
+        """Output frames for ``lengths`` input frames (``upsample`` x).
+
+        Arguments
+        ---------
+        lengths : torch.Tensor
+            (B,) long input frame counts.
+
+        Returns
+        -------
+        torch.Tensor
+            (B,) long output frame counts.
+
+        Example
+        -------
+        >>> LinearCTCHead(16, upsample=8).output_lengths(torch.tensor([3, 1]))
+        tensor([24,  8])
+        """
+        return lengths.long() * self.upsample
+
+
+class LinearCTCHead(_UpsamplingHead):
     """Up-sampling linear CTC head: ``upsample`` frames of logits per frame.
 
     Dropout, then one Linear ``input_dim -> upsample * vocab_size`` whose
@@ -146,21 +170,6 @@ class LinearCTCHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(input_dim, upsample * vocab_size)
 
-    def output_lengths(self, lengths):
-        """Output frames for ``lengths`` input frames (``upsample`` x).
-
-        Arguments
-        ---------
-        lengths : torch.Tensor
-            (B,) long input frame counts.
-
-        Returns
-        -------
-        torch.Tensor
-            (B,) long output frame counts.
-        """
-        return lengths.long() * self.upsample
-
     def forward(self, x, lengths):
         """Maps encoder frames to ``upsample`` frames of logits each.
 
@@ -186,7 +195,7 @@ class LinearCTCHead(nn.Module):
         return logits, self.output_lengths(lengths.to(x.device))
 
 
-class CTCHead(nn.Module):
+class CTCHead(_UpsamplingHead):
     """Up-sampling convolutional CTC head, the paper's (METHOD.md 6).
 
     Conv1d ``input_dim -> upsample * channels`` (kernel ``kernel_size``,
@@ -257,26 +266,6 @@ class CTCHead(nn.Module):
             for _ in range(num_conv)
         )
         self.output = nn.Linear(channels, vocab_size)
-
-    def output_lengths(self, lengths):
-        """Output frames for ``lengths`` input frames (``upsample`` x).
-
-        Arguments
-        ---------
-        lengths : torch.Tensor
-            (B,) long input frame counts.
-
-        Returns
-        -------
-        torch.Tensor
-            (B,) long output frame counts.
-
-        Example
-        -------
-        >>> CTCHead(16, channels=8).output_lengths(torch.tensor([3, 1]))
-        tensor([24,  8])
-        """
-        return lengths.long() * self.upsample
 
     def forward(self, x, lengths):
         """Maps encoder frames to per-10-ms logits.
