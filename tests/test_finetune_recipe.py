@@ -81,10 +81,10 @@ def test_architecture_comes_from_the_checkpoint(tmp_path, pretrained):
         {"pretrained_path": folder, "output_folder": str(tmp_path)}
     )
     assert hparams["encoder"].config == encoder.config
-    assert hparams["head"].upsample_conv.in_channels == 16
+    assert hparams["head"].output.in_features == 16
     # Without a pretrained encoder: the YAML's named size.
     scratch = load_hparams({"output_folder": str(tmp_path)})
-    assert scratch["head"].upsample_conv.in_channels == 128
+    assert scratch["head"].output.in_features == 128
 
 
 def test_missing_pretrained_encoder_is_a_config_error(tmp_path, corpus):
