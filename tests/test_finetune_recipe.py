@@ -152,7 +152,7 @@ def test_tiny_finetune_lowers_loss_and_writes_wer(tmp_path, corpus, pretrained):
             # 30 s batches: 5-10 optimizer steps per epoch of this corpus
             # (its quantile duration buckets each end in a partial batch).
             "--max_batch_length=30",
-            "--lr_head=0.005",
+            "--lr_head=0.02",
             "--beam_size=4",
             "--tune_lm_weights=[0.5, 2.0]",
             "--tune_word_scores=[0.0]",
