@@ -1,13 +1,15 @@
 """Noise for additive-noise augmentation: synthetic noise and noise CSVs.
 
-SpeechBrain's ``speechbrain.augment.time_domain.AddNoise(csv_file=...)``
-reads an extended CSV with the columns ``ID,duration,wav,wav_format,
-wav_opts``: it loads each ``wav`` whole (any format soundfile reads, named
-in ``wav_format``), expects one channel at its single ``noise_sample_rate``,
-and substitutes ``$name`` in paths. :func:`make_noise_csv` builds such a
-CSV from any folder of audio files (a DNS Challenge or MUSAN noise set, or
-the collection :func:`generate_noise_collection` writes) without touching
-the files, and leaves out files AddNoise cannot use.
+A noise CSV is SpeechBrain's extended CSV with the columns ``ID,duration,
+wav,wav_format,wav_opts`` (``$name`` in paths is substituted), the format
+of ``speechbrain.augment.time_domain.AddNoise(csv_file=...)``.
+:func:`make_noise_csv` builds one from any folder of audio files (a DNS
+Challenge or MUSAN noise set, or the collection
+:func:`generate_noise_collection` writes) without touching the files, and
+leaves out files AddNoise's own loader cannot use (one channel at one
+sample rate). :class:`NoiseStream` reads such a CSV as a seeded,
+checkpointed source of noise batches, given to ``AddNoise`` as its
+``noise_funct``.
 
 Command line::
 
