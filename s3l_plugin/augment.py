@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from speechbrain.augment.time_domain import AddNoise
 from torch import nn
 
+from s3l_plugin.data.noise import NoiseStream
 from s3l_plugin.lengths import relative_to_absolute, valid_mask, zero_padding
 
 
@@ -312,12 +313,14 @@ class NoiseAugment(nn.Module):
     Wraps SpeechBrain's ``AddNoise``: each utterance independently gets
     noise with probability ``prob``, at an SNR uniform in
     ``[snr_low, snr_high]`` dB (RMS over its valid samples). Noise comes
-    from ``csv_file`` (SpeechBrain's extended CSV: ``ID,duration,wav,
-    wav_format,wav_opts``; see ``s3l_plugin.data.noise``), looped when
-    shorter than the utterance; ``None`` means white noise. The pretraining
-    recipe passes a noise collection (a generated one when none is given);
-    white noise is a fallback for tests and quick runs. Padding is left
-    untouched. Identity in eval mode.
+    from the files of ``csv_file`` (SpeechBrain's extended CSV: ``ID,
+    duration,wav,wav_format,wav_opts``; see ``s3l_plugin.data.noise``)
+    through a :class:`~s3l_plugin.data.noise.NoiseStream` given to
+    ``AddNoise`` as its ``noise_funct`` (resumable, seeded by ``seed``,
+    checkpointed as ``noise_stream``); ``None`` means white noise from the
+    global generator. The pretraining recipe passes a noise collection (a
+    generated one when none is given); white noise is a fallback for tests
+    and quick runs. Padding is left untouched. Identity in eval mode.
 
     Arguments
     ---------
@@ -329,8 +332,12 @@ class NoiseAugment(nn.Module):
         SNR range in dB.
     replacements : dict
         ``$key`` substitutions in the CSV's paths.
-    noise_sample_rate, clean_sample_rate : int
-        Sample rates (noise is resampled when they differ).
+    seed : int
+        Seed of the noise files' order and offsets.
+    sample_rate : int
+        Sample rate of the speech (noise files are resampled to it).
+    cache_mb : float
+        Most megabytes of decoded noise kept in memory.
 
     Example
     -------
@@ -342,6 +349,8 @@ class NoiseAugment(nn.Module):
     True
     >>> bool((noisy[1, 16000:] == 0).all())  # padding untouched
     True
+    >>> augment.noise_stream is None  # white noise
+    True
     """
 
     def __init__(
@@ -351,21 +360,23 @@ class NoiseAugment(nn.Module):
         snr_low=0.0,
         snr_high=30.0,
         replacements={},
-        noise_sample_rate=16000,
-        clean_sample_rate=16000,
+        seed=0,
+        sample_rate=16000,
+        cache_mb=256,
     ):
         super().__init__()
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob must be in [0, 1]: {prob}")
         self.prob = prob
+        self.noise_stream = None
+        noise_funct = torch.randn_like
+        if csv_file is not None:
+            self.noise_stream = NoiseStream(
+                csv_file, seed, sample_rate, replacements, cache_mb
+            )
+            noise_funct = self.noise_stream
         self.add_noise = AddNoise(
-            csv_file=csv_file,
-            snr_low=snr_low,
-            snr_high=snr_high,
-            pad_noise=True,
-            replacements=replacements,
-            noise_sample_rate=noise_sample_rate,
-            clean_sample_rate=clean_sample_rate,
+            snr_low=snr_low, snr_high=snr_high, noise_funct=noise_funct
         )
 
     def forward(self, wavs, wav_lens, generator=None):
@@ -378,8 +389,8 @@ class NoiseAugment(nn.Module):
         wav_lens : torch.Tensor
             (B,) relative lengths in (0, 1].
         generator : torch.Generator, optional
-            For choosing the utterances (AddNoise itself draws the SNRs and
-            noises from the global generators).
+            For choosing the utterances (AddNoise itself draws the SNRs
+            from the global generator).
 
         Returns
         -------
@@ -388,12 +399,16 @@ class NoiseAugment(nn.Module):
         """
         if not self.training or self.prob == 0.0:
             return wavs
-        noisy = self.add_noise(wavs, wav_lens)
         batch, num_samples = wavs.shape
+        lengths = relative_to_absolute(wav_lens.to(wavs.device), num_samples)
+        if self.noise_stream is None:
+            noisy = self.add_noise(wavs, wav_lens)
+        else:
+            with self.noise_stream.utterance_lengths(lengths.tolist()):
+                noisy = self.add_noise(wavs, wav_lens)
         chosen = (
             torch.rand(batch, generator=generator, device=wavs.device)
             < self.prob
         )
-        lengths = relative_to_absolute(wav_lens.to(wavs.device), num_samples)
         inside = valid_mask(lengths, num_samples)
         return torch.where(chosen.unsqueeze(1) & inside, noisy, wavs)

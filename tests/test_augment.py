@@ -1,4 +1,7 @@
-"""Augmentations: SpecAugment masks, teacher shift, additive noise."""
+"""Augmentations: SpecAugment masks, teacher shift, additive noise.
+
+Also the noise files' stream that feeds AddNoise (NoiseStream).
+"""
 
 import math
 
@@ -9,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from s3l_plugin.augment import NoiseAugment, RandomShift, SpecAugment
+from s3l_plugin.config import ConfigError
+from s3l_plugin.data.noise import NoiseStream
 
 
 def _seeded(seed):
@@ -276,3 +281,114 @@ def test_noise_from_a_csv_has_the_requested_snr(noise_csv):
         csv_file, prob=1.0, snr_low=0.0, snr_high=0.0, replacements=replacements
     )(wavs[:1], torch.ones(1))
     assert _measured_snr(wavs[0], loud[0]) == pytest.approx(0.0, abs=2.0)
+
+
+# ---- NoiseStream: the noise files fed to AddNoise ----------------------------
+
+
+def _write_csv(folder, paths):
+    rows = ["ID,duration,wav,wav_format,wav_opts"]
+    rows += [f"n{index},1.0,{path},wav," for index, path in enumerate(paths)]
+    path = folder / "noise.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def _ramp_csv(folder, lengths=(3000, 20000)):
+    """Noises whose samples tell where they were cut: 1e-4 * (index + 1)."""
+    paths = []
+    for index, num_samples in enumerate(lengths):
+        path = folder / f"ramp{index}.wav"
+        sf.write(path, 1e-4 * (np.arange(num_samples) + 1), 16000, "FLOAT")
+        paths.append(path)
+    return _write_csv(folder, paths)
+
+
+def test_noise_stream_goes_through_add_noise_public_argument(noise_csv):
+    csv_file, replacements = noise_csv
+    augment = NoiseAugment(csv_file, prob=1.0, replacements=replacements)
+    augment(_tones(2, 8000), torch.ones(2))
+    add_noise = augment.add_noise
+    assert add_noise.csv_file is None
+    assert add_noise.noise_funct is augment.noise_stream
+    # None of AddNoise's private lazy-loader attributes is set.
+    for name in ("data_loader", "noise_data", "resampler"):
+        assert not hasattr(add_noise, name)
+    assert augment.noise_stream.get_state()["position"] == 2
+
+
+def test_noise_stream_is_seeded_and_leaves_global_generators(noise_csv):
+    csv_file, replacements = noise_csv
+    wavs = torch.zeros(3, 9000)
+
+    def draws(seed):
+        stream = NoiseStream(csv_file, seed=seed, replacements=replacements)
+        return [stream(wavs) for _ in range(3)]
+
+    before = torch.get_rng_state()
+    first, again, other = draws(1), draws(1), draws(2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_noise_stream_crops_long_and_loops_short_noises(tmp_path):
+    csv_file = _ramp_csv(tmp_path, lengths=(3000, 20000))
+    stream = NoiseStream(csv_file, seed=0)
+    ramp = 1e-4 * (torch.arange(20000) + 1)
+    for _ in range(4):
+        noise = stream(torch.zeros(2, 8000, 1))
+        assert noise.shape == (2, 8000, 1)
+        for row in noise[:, :, 0]:
+            steps = row.diff()
+            if bool((steps > 0).all()):  # the long noise: a cut of it
+                start = round(float(row[0]) / 1e-4) - 1
+                assert torch.allclose(row, ramp[start : start + 8000])
+            else:  # the short one, looped: period 3000
+                assert torch.allclose(row[3000:], row[:-3000])
+
+
+def test_noise_stream_cache_is_bounded_and_changes_nothing(tmp_path):
+    csv_file = _ramp_csv(tmp_path)
+    cached = NoiseStream(csv_file, seed=3)
+    uncached = NoiseStream(csv_file, seed=3, cache_mb=0)
+    for _ in range(3):
+        wavs = torch.zeros(2, 5000)
+        assert torch.equal(cached(wavs), uncached(wavs))
+    assert len(cached.cache) == 2
+    assert uncached.cache == {} and uncached.cached_bytes == 0
+
+
+def test_noise_stream_skips_bad_files_with_one_warning(tmp_path, caplog):
+    good = tmp_path / "good.wav"
+    sf.write(good, 0.1 * np.ones(4000), 16000)
+    resampled = tmp_path / "8k.wav"
+    sf.write(resampled, 0.1 * np.ones(2000), 8000)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"not audio at all")
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(4000), 16000)
+    csv_file = _write_csv(
+        tmp_path, [good, corrupt, resampled, silent, tmp_path / "missing.wav"]
+    )
+    stream = NoiseStream(csv_file, seed=0)
+    augment = NoiseAugment(prob=1.0)
+    augment.add_noise.noise_funct = stream
+    with caplog.at_level("WARNING"):
+        for _ in range(6):  # several passes over the collection
+            noisy = augment(_tones(2, 3000), torch.ones(2))
+            assert bool(torch.isfinite(noisy).all())
+    assert stream.skipped_files == 3
+    for bad in ("corrupt.wav", "silent.wav", "missing.wav"):
+        warned = [r for r in caplog.records if bad in r.getMessage()]
+        assert len(warned) == 1, bad
+    assert not any("Traceback" in r.getMessage() for r in caplog.records)
+
+
+def test_noise_stream_without_usable_file_is_one_clear_error(tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"not audio at all")
+    csv_file = _write_csv(tmp_path, [corrupt, tmp_path / "missing.wav"])
+    stream = NoiseStream(csv_file, seed=0)
+    with pytest.raises(ConfigError, match="none of its 2 noise files"):
+        stream(torch.zeros(1, 100))

@@ -34,7 +34,6 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process
 
-from s3l_plugin.checkpointing import NoiseStream
 from s3l_plugin.config import run_cli
 from s3l_plugin.data.audio import SkipBadAudioCollate, make_audio_pipeline
 from s3l_plugin.data.batching import (
@@ -270,17 +269,16 @@ def main(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    # The noises' position is checkpointed (AddNoise does not save it).
-    noise_augment = hparams["noise_augment"](csv_file=noise_csv)
-    noise_stream = NoiseStream(
-        noise_augment.add_noise, hparams["seed"] + rank_and_world_size()[0]
+    # Every rank reads the noises in its own order; their position is
+    # checkpointed so that a resumed run adds the same noises.
+    noise_augment = hparams["noise_augment"](
+        csv_file=noise_csv, seed=hparams["seed"] + rank_and_world_size()[0]
     )
-    brain.checkpointer.add_recoverable(
-        "noise_stream", noise_stream, optional_load=True
-    )
-    brain.noise_augment = noise_stream.sized_to_batches(
-        noise_augment.to(brain.device)
-    )
+    if noise_augment.noise_stream is not None:
+        brain.checkpointer.add_recoverable(
+            "noise_stream", noise_augment.noise_stream, optional_load=True
+        )
+    brain.noise_augment = noise_augment.to(brain.device)
     # Brain only re-seeds samplers it built itself; without this the
     # dynamic batches would come in the same order every epoch.
     brain.train_sampler = sampler

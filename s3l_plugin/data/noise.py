@@ -1,13 +1,15 @@
 """Noise for additive-noise augmentation: synthetic noise and noise CSVs.
 
-SpeechBrain's ``speechbrain.augment.time_domain.AddNoise(csv_file=...)``
-reads an extended CSV with the columns ``ID,duration,wav,wav_format,
-wav_opts``: it loads each ``wav`` whole (any format soundfile reads, named
-in ``wav_format``), expects one channel at its single ``noise_sample_rate``,
-and substitutes ``$name`` in paths. :func:`make_noise_csv` builds such a
-CSV from any folder of audio files (a DNS Challenge or MUSAN noise set, or
-the collection :func:`generate_noise_collection` writes) without touching
-the files, and leaves out files AddNoise cannot use.
+A noise CSV is SpeechBrain's extended CSV with the columns ``ID,duration,
+wav,wav_format,wav_opts`` (``$name`` in paths is substituted), the format
+of ``speechbrain.augment.time_domain.AddNoise(csv_file=...)``.
+:func:`make_noise_csv` builds one from any folder of audio files (a DNS
+Challenge or MUSAN noise set, or the collection
+:func:`generate_noise_collection` writes) without touching the files, and
+leaves out files AddNoise's own loader cannot use (one channel at one
+sample rate). :class:`NoiseStream` reads such a CSV as a seeded,
+checkpointed source of noise batches, given to ``AddNoise`` as its
+``noise_funct``.
 
 Command line::
 
@@ -15,6 +17,7 @@ Command line::
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import logging
@@ -22,8 +25,14 @@ import os
 
 import numpy as np
 import soundfile as sf
+import torch
+import torch.nn.functional as F
+from speechbrain.dataio.dataio import load_data_csv
 
+from s3l_plugin.checkpointing import PerRankState
+from s3l_plugin.config import ConfigError
 from s3l_plugin.data.atomic import atomic_path
+from s3l_plugin.data.audio import AudioLoadError, load_audio
 
 logger = logging.getLogger(__name__)
 
@@ -380,6 +389,211 @@ def make_noise_csv(noise_dir, csv_path, sample_rate=16000, path_prefix=None):
         skipped,
     )
     return len(rows)
+
+
+class NoiseStream(PerRankState):
+    """The files of a noise CSV as a resumable source of noise batches.
+
+    Given to SpeechBrain's ``AddNoise`` through its public ``noise_funct``
+    argument (with ``csv_file=None``): ``AddNoise`` calls it with the batch
+    and only rescales what it returns to the SNR it draws. Each row of the
+    batch gets the next file of the collection, in an order shuffled by
+    ``seed`` and reshuffled at every pass, cropped to the batch's length at
+    an offset drawn from the stream's own generator (looped from that
+    offset when shorter). Nothing is drawn from the global generators, and
+    the position and the generator's state are checkpointed (it is a
+    :class:`~s3l_plugin.checkpointing.PerRankState`), so a resumed run adds
+    the same noises as an uninterrupted one (docs/METHOD.md, 8.7).
+
+    Files go through :func:`~s3l_plugin.data.audio.load_audio`: other
+    sample rates and several channels are fixed; a file that cannot be used
+    (unreadable, empty, silent, non-finite) is skipped with one warning
+    naming it and counted in ``skipped_files``. A collection without any
+    usable file raises :class:`~s3l_plugin.config.ConfigError` (the
+    recipes end with one ``s3l: error:`` line).
+
+    Decoded noises are kept in memory up to ``cache_mb`` megabytes (float32
+    samples; the first files read fill it); the others are read again at
+    each use, so memory stays bounded whatever the collection's size.
+
+    Arguments
+    ---------
+    csv_file : str
+        Noise CSV (``ID,duration,wav,...``; see :func:`make_noise_csv`).
+    seed : int
+        Seed of the order and offsets (give each DDP rank its own).
+    sample_rate : int
+        Sample rate of the speech.
+    replacements : dict
+        ``$key`` substitutions in the CSV's paths.
+    cache_mb : float
+        Most megabytes of decoded noise kept in memory.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain.augment.time_domain import AddNoise
+    >>> folder = tempfile.mkdtemp()
+    >>> csv_path = os.path.join(folder, "noise.csv")
+    >>> _ = generate_noise_collection(folder, seconds=0.1, files_per_kind=1)
+    >>> _ = make_noise_csv(folder, csv_path)
+    >>> stream = NoiseStream(csv_path, seed=0)
+    >>> add_noise = AddNoise(noise_funct=stream, snr_low=5, snr_high=5)
+    >>> noisy = add_noise(torch.randn(3, 2400), torch.ones(3))
+    >>> stream(torch.zeros(3, 2400)).shape  # looped: the files are shorter
+    torch.Size([3, 2400])
+    >>> stream.get_state()["passes"], stream.get_state()["position"]
+    (1, 2)
+    """
+
+    def __init__(
+        self, csv_file, seed=0, sample_rate=16000, replacements={}, cache_mb=256
+    ):
+        super().__init__()
+        rows = load_data_csv(csv_file, replacements).values()
+        self.paths = [row["wav"] for row in rows]
+        if not self.paths:
+            raise ConfigError(f"{csv_file}: no noise file listed")
+        self.csv_file = csv_file
+        self.seed = seed
+        self.sample_rate = sample_rate
+        self.cache_bytes = int(cache_mb * 2**20)
+        self.offsets = torch.Generator().manual_seed(seed)
+        self.passes = 0
+        self.position = 0
+        self.order = self._order(0)
+        self.cache = {}
+        self.cached_bytes = 0
+        self.unusable = set()  # indices of the files that cannot be used
+        self.lengths = None  # set by utterance_lengths
+
+    @property
+    def skipped_files(self):
+        """How many files of the collection were skipped as unusable."""
+        return len(self.unusable)
+
+    def __call__(self, waveforms):
+        """A noise batch shaped like ``waveforms``.
+
+        Arguments
+        ---------
+        waveforms : torch.Tensor
+            (B, S) or (B, S, C) speech; only its shape, dtype and device
+            are used.
+
+        Returns
+        -------
+        torch.Tensor
+            Noise of the same shape (the same noise on every channel), zero
+            beyond each utterance's length (see :meth:`utterance_lengths`).
+        """
+        batch, num_samples = waveforms.shape[:2]
+        lengths = self.lengths or [num_samples] * batch
+        noise = torch.stack(
+            [
+                F.pad(
+                    self._crop(self._next_noise(), int(length)),
+                    (0, num_samples - int(length)),
+                )
+                for length in lengths
+            ]
+        )
+        noise = noise.to(device=waveforms.device, dtype=waveforms.dtype)
+        if waveforms.dim() == 3:
+            noise = noise.unsqueeze(2).expand_as(waveforms).contiguous()
+        return noise
+
+    @contextlib.contextmanager
+    def utterance_lengths(self, lengths):
+        """Within this context, noises are cut to the utterances' lengths.
+
+        ``AddNoise`` gives ``noise_funct`` the padded batch only, and then
+        measures the noise's RMS as its energy over the whole row divided by
+        the utterance's length: noise in the padding would lower the SNR of
+        every padded utterance.
+
+        Arguments
+        ---------
+        lengths : list of int
+            Samples of each utterance of the next batch.
+
+        Yields
+        ------
+        None
+        """
+        self.lengths = list(lengths)
+        try:
+            yield
+        finally:
+            self.lengths = None
+
+    def _order(self, passes):
+        # Drawn from (seed, pass) alone: a resumed stream needs only the
+        # pass number to find its order again.
+        rng = np.random.default_rng([self.seed, passes])
+        return rng.permutation(len(self.paths)).tolist()
+
+    def _next_noise(self):
+        while True:
+            if len(self.unusable) == len(self.paths):
+                raise ConfigError(
+                    f"{self.csv_file}: none of its {len(self.paths)} noise "
+                    "files can be used (see the warnings above)"
+                )
+            if self.position == len(self.order):
+                self.passes += 1
+                self.position = 0
+                self.order = self._order(self.passes)
+            index = self.order[self.position]
+            self.position += 1
+            noise = self._load(index)
+            if noise is not None:
+                return noise
+
+    def _load(self, index):
+        """The decoded noise ``index``, None if the file cannot be used."""
+        if index in self.unusable:
+            return None
+        if index in self.cache:
+            return self.cache[index]
+        try:
+            noise = load_audio(self.paths[index], self.sample_rate)
+        except AudioLoadError as error:
+            self.unusable.add(index)
+            logger.warning("Skipping the noise file %s", error)
+            return None
+        size = noise.numel() * noise.element_size()
+        if self.cached_bytes + size <= self.cache_bytes:
+            self.cache[index] = noise
+            self.cached_bytes += size
+        return noise
+
+    def _crop(self, noise, num_samples):
+        """``num_samples`` of ``noise`` from a random offset, looped."""
+        length = noise.shape[0]
+        # A long noise is cropped inside itself; a short one is looped from
+        # any of its samples.
+        high = length - num_samples + 1 if length >= num_samples else length
+        start = int(torch.randint(high, (1,), generator=self.offsets))
+        if start + num_samples <= length:
+            return noise[start : start + num_samples]
+        looped = (start + torch.arange(num_samples)) % length
+        return noise[looped]
+
+    def get_state(self):
+        """Pass, position in the pass and the offsets' generator."""
+        return {
+            "passes": self.passes,
+            "position": self.position,
+            "offsets": self.offsets.get_state(),
+        }
+
+    def set_state(self, state):
+        """Continues the stream where ``state`` left it."""
+        self.passes = state["passes"]
+        self.position = state["position"]
+        self.order = self._order(self.passes)
+        self.offsets.set_state(state["offsets"])
 
 
 def main(argv=None):
