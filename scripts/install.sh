@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import s3l_plugin, pytest, speechbrain" \
+if ! .venv/bin/python -c "import s3l_plugin, pytest, speechbrain, flashlight.lib.text" \
         >/dev/null 2>&1; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
