@@ -422,7 +422,7 @@ def main(argv):
             "(random initialisation). Pass --pretrained_path=<pretraining "
             "output folder> to finetune a pretrained S3L encoder."
         )
-        if hparams["freeze_encoder"]:
+        if hparams.get("freeze_encoder"):
             logger.warning("freeze_encoder without pretrained_path: random")
 
     brain = S3LFinetune(
