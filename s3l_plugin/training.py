@@ -44,6 +44,7 @@ from speechbrain.utils.distributed import if_main_process
 
 from s3l_plugin.checkpointing import (
     AtomicCheckpointer,
+    CheckpointLoadError,
     CheckpointMismatchError,
     PerRankState,
     RandomState,
@@ -328,18 +329,20 @@ class S3LBrain(sb.Brain):
         Raises
         ------
         ConfigError
-            If the latest checkpoint was written by another architecture.
+            If the latest checkpoint was written by another architecture,
+            or one of its files cannot be read back (damaged, or holding
+            more than tensors and plain data).
         """
         if isinstance(self.checkpointer, AtomicCheckpointer):
             self.checkpointer.remove_incomplete()
-        if self.checkpointer is not None:
-            try:
+        try:
+            if self.checkpointer is not None:
                 resumed = check_checkpoint_compatible(self.checkpointer)
-            except CheckpointMismatchError as error:
-                raise ConfigError(str(error)) from error
-            if resumed:
-                logger.info("Resuming from %s", resumed)
-        super().on_fit_start()
+                if resumed:
+                    logger.info("Resuming from %s", resumed)
+            super().on_fit_start()
+        except (CheckpointMismatchError, CheckpointLoadError) as error:
+            raise ConfigError(str(error)) from error
 
     def on_stage_start(self, stage, epoch=None):
         """Starts the accumulation window and checkpoint interval afresh.

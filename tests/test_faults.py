@@ -1,0 +1,134 @@
+"""Faults a long pretraining run meets: each is survived or clearly refused.
+
+A refusal is one line on stderr, ``s3l: error: ...`` naming what to fix,
+exit status 2, and no traceback. Runs that only need to start up are run
+concurrently, to share the start-up time.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+from conftest import ROOT
+from hooked_recipe import CRASH_ENV, CRASH_EXIT_CODE
+
+# A run interrupted (as by kill -9) after optimizer step 2: its latest
+# checkpoint is the intra-epoch one of step 1, whose files a resume all
+# reads (an end-of-epoch resume ignores the data loader's position).
+RUN_ARGS = ("--total_steps=4", "--ckpt_interval_steps=1")
+CHECKPOINT_FILES = [
+    "CKPT.yaml",
+    "brain.ckpt",
+    "counter.ckpt",
+    "counters.ckpt",
+    "dataloader-TRAIN.ckpt",
+    "lr_scheduler.ckpt",
+    "noise_stream.ckpt",
+    "optimizer.ckpt",
+    "random_state.ckpt",
+    "student.ckpt",
+    "teacher.ckpt",
+]
+
+
+def start_runs(runner, cases, *extra):
+    """Starts ``runner`` on each ``{name: output_folder}`` at once."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return {
+        name: subprocess.Popen(
+            runner.command(output, *extra),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, output in cases.items()
+    }
+
+
+def finish_runs(processes):
+    """``{name: (returncode, stderr)}`` once every process has ended."""
+    results = {}
+    for name, process in processes.items():
+        _, stderr = process.communicate(timeout=600)
+        results[name] = (process.returncode, stderr)
+    return results
+
+
+def error_line(returncode, stderr):
+    """The one ``s3l: error:`` line of a refused run (asserts it is one)."""
+    assert returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("s3l: error: ")]
+    assert errors == [lines[-1]], lines[-5:]
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(pretrain_runner, tmp_path_factory):
+    """(output folder, its latest checkpoint folder) of a killed run."""
+    output = str(tmp_path_factory.mktemp("interrupted") / "out")
+    result = pretrain_runner.run(output, *RUN_ARGS, env={CRASH_ENV: "2"})
+    assert result.returncode == CRASH_EXIT_CODE, result.stderr[-3000:]
+    (checkpoint,) = glob.glob(os.path.join(output, "save", "CKPT+*"))
+    return output, checkpoint
+
+
+# ---- Nothing a resume reads can run code ---------------------------------
+class CreatesMarker:
+    """Pickles to a call that creates ``marker`` when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_malicious_pickle(path, marker):
+    torch.save({"state": CreatesMarker(marker)}, path)
+
+
+def test_planted_pickle_would_run_code(tmp_path):
+    # The payload is live: an unsafe load creates the marker.
+    marker = str(tmp_path / "marker")
+    plant_malicious_pickle(str(tmp_path / "evil.ckpt"), marker)
+    torch.load(str(tmp_path / "evil.ckpt"), weights_only=False)
+    assert os.path.exists(marker)
+
+
+@pytest.fixture(scope="module")
+def malicious_resumes(pretrain_runner, interrupted_run, tmp_path_factory):
+    """Resumes of copies of the run, one file replaced by a pickle each.
+
+    Returns ``{file: (returncode, stderr, planted path, marker)}``.
+    """
+    output, checkpoint = interrupted_run
+    assert sorted(os.listdir(checkpoint)) == CHECKPOINT_FILES
+    base = tmp_path_factory.mktemp("malicious")
+    cases, planted = {}, {}
+    for name in CHECKPOINT_FILES:
+        copy = str(base / name / "out")
+        shutil.copytree(output, copy)
+        path = os.path.join(copy, os.path.relpath(checkpoint, output), name)
+        marker = str(base / name / "marker")
+        plant_malicious_pickle(path, marker)
+        cases[name], planted[name] = copy, (path, marker)
+    results = finish_runs(start_runs(pretrain_runner, cases, *RUN_ARGS))
+    return {name: (*results[name], *planted[name]) for name in CHECKPOINT_FILES}
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_resume_refuses_a_malicious_pickle(malicious_resumes, name):
+    returncode, stderr, path, marker = malicious_resumes[name]
+    assert not os.path.exists(marker), "the planted pickle ran"
+    line = error_line(returncode, stderr)
+    assert f"cannot resume from {path}: " in line
+    # Stopped at start-up: nothing trained, nothing exported.
+    output = path.split(os.sep + "save" + os.sep)[0]
+    assert not os.path.exists(os.path.join(output, "encoder.ckpt"))
