@@ -60,6 +60,7 @@ from s3l_plugin.config import (
 from s3l_plugin.cost import CostTracker
 from s3l_plugin.data.audio import EmptyBatch
 from s3l_plugin.distributed import rank_and_world_size, unwrap_module
+from s3l_plugin.folder_lock import OutputFolderLock
 
 logger = logging.getLogger(__name__)
 
@@ -474,7 +475,9 @@ def start_experiment(hparams_file, run_opts, overrides):
     """What every recipe does before its output folder exists.
 
     Loads the YAML (which builds the modules, alike on every rank), checks
-    the run options, starts DDP and gives each rank its own random streams.
+    the run options, locks the output folder against a second run (main
+    process, until it exits), starts DDP and gives each rank its own
+    random streams.
     The recipe then calls ``sb.create_experiment_directory`` itself, so
     that SpeechBrain copies the recipe script into the output folder.
 
@@ -491,11 +494,14 @@ def start_experiment(hparams_file, run_opts, overrides):
     Raises
     ------
     ConfigError
-        For a mistake in the YAML, the overrides or the run options.
+        For a mistake in the YAML, the overrides or the run options, or
+        an output folder in use by another run.
     """
     hparams = load_yaml(hparams_file, overrides)
     check_run_options(hparams, run_opts)
     resolve_checkpoint_interval(hparams, run_opts)
+    if rank_and_world_size()[0] == 0:
+        OutputFolderLock(hparams["output_folder"]).acquire()
     sb.utils.distributed.ddp_init_group(run_opts)
     seed_rank(hparams["seed"], rank_and_world_size()[0])
     return hparams

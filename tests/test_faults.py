@@ -6,14 +6,21 @@ concurrently, to share the start-up time.
 """
 
 import glob
+import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
 
 import pytest
 import torch
 from conftest import ROOT
 from hooked_recipe import CRASH_ENV, CRASH_EXIT_CODE
+
+from s3l_plugin import folder_lock
+from s3l_plugin.config import ConfigError
+from s3l_plugin.folder_lock import LOCK_NAME, OutputFolderLock
 
 # A run interrupted (as by kill -9) after optimizer step 2: its latest
 # checkpoint is the intra-epoch one of step 1, whose files a resume all
@@ -132,3 +139,79 @@ def test_resume_refuses_a_malicious_pickle(malicious_resumes, name):
     # Stopped at start-up: nothing trained, nothing exported.
     output = path.split(os.sep + "save" + os.sep)[0]
     assert not os.path.exists(os.path.join(output, "encoder.ckpt"))
+    # The killed run's lock was taken over, and released on the error.
+    assert "Taking over the lock of" in stderr
+    assert not os.path.exists(os.path.join(output, LOCK_NAME))
+
+
+# ---- One run per output folder -------------------------------------------
+def write_lock(folder, pid, host=None):
+    os.makedirs(folder, exist_ok=True)
+    holder = {"pid": pid, "host": host or socket.gethostname(), "started": "x"}
+    with open(os.path.join(folder, LOCK_NAME), "w", encoding="utf-8") as f:
+        json.dump(holder, f)
+    return holder
+
+
+def dead_pid():
+    """The PID of a process that has ended (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def live_process():
+    process = subprocess.Popen(["sleep", "300"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_busy_folder_is_refused(tmp_path, live_process):
+    holder = write_lock(str(tmp_path), live_process.pid)
+    with pytest.raises(
+        ConfigError, match=f"in use by process {holder['pid']} "
+    ):
+        OutputFolderLock(str(tmp_path)).acquire()
+    # A process on another host cannot be checked: refused as well.
+    write_lock(str(tmp_path), dead_pid(), host="other-host")
+    with pytest.raises(ConfigError, match="on other-host"):
+        OutputFolderLock(str(tmp_path)).acquire()
+    assert OutputFolderLock(str(tmp_path)).holder()["host"] == "other-host"
+
+
+def test_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog):
+    stale = write_lock(str(tmp_path), dead_pid())
+    with caplog.at_level(logging.WARNING, logger=folder_lock.__name__):
+        lock = OutputFolderLock(str(tmp_path)).acquire()
+    assert lock.holder()["pid"] == os.getpid()
+    (warning,) = caplog.messages
+    assert f"from process {stale['pid']} on {stale['host']}" in warning
+    lock.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_second_run_into_a_busy_folder_stops_at_once(
+    pretrain_runner, tmp_path, live_process
+):
+    output = str(tmp_path / "out")
+    holder = write_lock(output, live_process.pid)
+    result = pretrain_runner.run(output, "--total_steps=1")
+    line = error_line(result.returncode, result.stderr)
+    assert (
+        f"the output folder {output} is in use by process "
+        f"{holder['pid']} on {holder['host']}" in line
+    )
+    assert OutputFolderLock(output).holder() == holder  # left alone
+    # Stopped before writing into the folder (the YAML's checkpointer only
+    # made sure its folder exists).
+    assert sorted(os.listdir(output)) == [LOCK_NAME, "save"]
+    assert os.listdir(os.path.join(output, "save")) == []
+
+
+def test_lock_is_released_at_exit(pretrain_runner, tmp_path):
+    output = str(tmp_path / "out")
+    result = pretrain_runner.run(output, "--total_steps=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not os.path.exists(os.path.join(output, LOCK_NAME))
