@@ -353,12 +353,47 @@ class S3LBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self._reset_window()
             self._last_checkpoint = (time.time(), self.step)
+            self._epoch_start = {
+                "optimizer_step": self.optimizer_step,
+                "batch": self.step,  # > 0: resumed within the epoch
+                "skipped_audio": self.skipped_audio,
+                "nonfinite_steps": self.nonfinite_steps,
+            }
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs the stage's skipped audio; writes the cost after training."""
+        """Logs the stage's skipped audio; writes the cost after training.
+
+        Raises
+        ------
+        ConfigError
+            If a training epoch made no optimizer step: every later epoch
+            would train nothing as well, and the model stays as it was.
+        """
         self.flush_skipped_audio()
         if stage == sb.Stage.TRAIN:
             self.write_cost()
+            self._check_epoch_stepped(epoch)
+
+    def _check_epoch_stepped(self, epoch):
+        start = self._epoch_start
+        resumed_at_end = start["batch"] > 0 and self.step == start["batch"]
+        if (
+            self.optimizer_step > start["optimizer_step"]
+            or resumed_at_end  # nothing was left of the epoch
+            or self._optimizer_step_limit_exceeded
+        ):
+            return
+        raise ConfigError(
+            f"epoch {epoch} made no optimizer step: of its "
+            f"{self.step - start['batch']} training batches, "
+            f"{self.skipped_audio - start['skipped_audio']} audio files "
+            "were unusable (each is named in the log) and "
+            f"{self.nonfinite_steps - start['nonfinite_steps']} steps "
+            "non-finite; check the training CSV's audio, or lower "
+            f"--grad_accumulation_factor (now "
+            f"{self.grad_accumulation_factor}) if the epoch has fewer "
+            "batches"
+        )
 
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):

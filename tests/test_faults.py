@@ -9,13 +9,14 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import BAD_TRAIN_AUDIO, ROOT
 from hooked_recipe import CRASH_ENV, CRASH_EXIT_CODE
 
 from s3l_plugin import folder_lock
@@ -214,4 +215,42 @@ def test_lock_is_released_at_exit(pretrain_runner, tmp_path):
     output = str(tmp_path / "out")
     result = pretrain_runner.run(output, "--total_steps=1")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not os.path.exists(os.path.join(output, LOCK_NAME))
+
+
+# ---- A run that learns nothing does not pass for a success ---------------
+@pytest.fixture(scope="module")
+def unusable_train_csvs(bad_audio_csvs, tmp_path_factory):
+    """A CSV folder whose training audio is all unusable (dev is fine)."""
+    folder = str(tmp_path_factory.mktemp("unusable_train"))
+    shutil.copy(os.path.join(bad_audio_csvs, "dev-clean.csv"), folder)
+    with open(os.path.join(bad_audio_csvs, "train.csv"), encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    bad = [row for row in rows if row.startswith("bad-")]
+    assert len(bad) == len(BAD_TRAIN_AUDIO)
+    with open(os.path.join(folder, "train.csv"), "w", encoding="utf-8") as f:
+        f.write("\n".join([header, *bad]) + "\n")
+    return folder
+
+
+def test_epoch_without_an_optimizer_step_stops_the_run(
+    pretrain_runner, unusable_train_csvs, tmp_path
+):
+    output = str(tmp_path / "out")
+    result = pretrain_runner.run(
+        output,
+        f"--csv_folder={unusable_train_csvs}",
+        "--skip_prep=True",
+        "--number_of_epochs=5",
+        "--total_steps=100",
+    )
+    line = error_line(result.returncode, result.stderr)
+    assert re.search(
+        r"epoch 1 made no optimizer step: of its [1-9]\d* training batches, "
+        rf"{len(BAD_TRAIN_AUDIO)} audio files were unusable",
+        line,
+    ), line
+    # Stopped after the first epoch; nothing exported.
+    assert "epoch 2" not in result.stderr
+    assert not os.path.exists(os.path.join(output, "encoder.ckpt"))
     assert not os.path.exists(os.path.join(output, LOCK_NAME))
