@@ -16,8 +16,10 @@ setup(
     packages=find_packages(include=["s3l_plugin", "s3l_plugin.*"]),
     package_data={"s3l_plugin.data": ["words.txt"]},
     install_requires=[
-        "torch>=2.5",
-        "torchaudio>=2.5",
+        # From 2.6 on, torch.load (SpeechBrain's checkpoint loads included)
+        # reads tensors and plain data only: a checkpoint cannot run code.
+        "torch>=2.6",
+        "torchaudio>=2.6",
         "speechbrain>=1.1.0,<1.2",
         "hyperpyyaml>=1.2",
         "sentencepiece>=0.1.99",

@@ -15,20 +15,28 @@ this module adds the rest:
   checkpoint as the one to resume from (declared in the recipes' YAML);
 - :func:`check_checkpoint_compatible` and :func:`state_dict_difference`: a
   checkpoint written by another architecture stops the run at start-up
-  with a clear message (:class:`CheckpointMismatchError`).
+  with a clear message (:class:`CheckpointMismatchError`);
+- a checkpoint file that cannot be read back (damaged, or holding objects
+  other than tensors and plain data, which are never unpickled) stops the
+  run naming the file (:class:`CheckpointLoadError`).
 """
 
 import itertools
 import logging
 import os
+import pickle
 import random
 import shutil
 
 import numpy
 import torch
+import yaml
 from speechbrain.utils.checkpoints import (
+    DEFAULT_LOAD_HOOKS,
+    METAFNAME,
     Checkpoint,
     Checkpointer,
+    get_default_hook,
     mark_as_loader,
     mark_as_saver,
     register_checkpoint_hooks,
@@ -47,6 +55,48 @@ STAGING_FOLDER = ".incomplete"
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that this model cannot load (another architecture)."""
+
+
+class CheckpointLoadError(ValueError):
+    """A checkpoint file that cannot be read back; the message names it."""
+
+
+def load_error(path, error):
+    """The :class:`CheckpointLoadError` for ``path``, which ``error`` stopped.
+
+    Arguments
+    ---------
+    path : str or pathlib.Path
+        The checkpoint file.
+    error : Exception
+        What reading it raised.
+
+    Returns
+    -------
+    CheckpointLoadError
+
+    Example
+    -------
+    >>> load_error("save/CKPT+1/counter.ckpt", ValueError("bad int"))
+    CheckpointLoadError('cannot resume from save/CKPT+1/counter.ckpt: ...')
+    """
+    if isinstance(error, pickle.UnpicklingError):
+        # torch.load(weights_only=True) refused it. torch's own message
+        # suggests weights_only=False, which would run the file's code.
+        problem = (
+            "it holds objects other than tensors and plain data, which are "
+            "never unpickled (a damaged or tampered file)"
+        )
+    else:
+        detail = str(error).strip().splitlines()
+        problem = f"{type(error).__name__}" + (
+            f": {detail[0]}" if detail else ""
+        )
+    return CheckpointLoadError(
+        f"cannot resume from {path}: {problem}; delete its checkpoint "
+        "folder to resume from an older one, or use another "
+        "--output_folder to start afresh"
+    )
 
 
 class PerRankState:
@@ -235,6 +285,50 @@ class AtomicCheckpointer(Checkpointer):
         ddp_barrier()
         return checkpoint
 
+    def list_checkpoints(self):
+        """SpeechBrain's list, once every meta file is checked.
+
+        Returns
+        -------
+        list of Checkpoint
+
+        Raises
+        ------
+        CheckpointLoadError
+            Naming a ``CKPT.yaml`` that is not a checkpoint's meta data.
+        """
+        for folder in self.checkpoints_dir.iterdir():
+            meta = folder / METAFNAME
+            if folder.is_dir() and meta.is_file():
+                check_meta_file(meta)
+        return super().list_checkpoints()
+
+    def load_checkpoint(self, checkpoint):
+        """Loads as ``Checkpointer.load_checkpoint``, naming a bad file.
+
+        Each recoverable's load hook (its own, or SpeechBrain's default for
+        its type) runs as usual; whatever stops one becomes a
+        :class:`CheckpointLoadError` naming the file.
+
+        Arguments
+        ---------
+        checkpoint : Checkpoint
+            The checkpoint to load.
+        """
+        own_hooks = self.custom_load_hooks
+        hooks = {}
+        for name, obj in self.recoverables.items():
+            hook = own_hooks.get(name) or get_default_hook(
+                obj, DEFAULT_LOAD_HOOKS
+            )
+            if hook is not None:
+                hooks[name] = _naming_load_hook(hook)
+        self.custom_load_hooks = hooks
+        try:
+            super().load_checkpoint(checkpoint)
+        finally:
+            self.custom_load_hooks = own_hooks
+
     def remove_incomplete(self):
         """Deletes what a killed save left in the ``.incomplete`` folder.
 
@@ -253,6 +347,46 @@ class AtomicCheckpointer(Checkpointer):
             )
         shutil.rmtree(staging)
         return removed
+
+
+def _naming_load_hook(hook):
+    """``hook``, raising :class:`CheckpointLoadError` on any failure."""
+
+    def load(obj, path, end_of_epoch):
+        try:
+            hook(obj, path, end_of_epoch)
+        except CheckpointLoadError:
+            raise
+        except Exception as error:
+            raise load_error(path, error) from error
+
+    return load
+
+
+def check_meta_file(path):
+    """Checks a checkpoint's ``CKPT.yaml`` (plain YAML, safely read).
+
+    Arguments
+    ---------
+    path : pathlib.Path
+        The meta file.
+
+    Raises
+    ------
+    CheckpointLoadError
+        If it is not a mapping holding ``unixtime`` and ``end-of-epoch``.
+    """
+    try:
+        with open(path, encoding="utf-8") as fin:
+            meta = yaml.safe_load(fin)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise load_error(path, error) from error
+    if not isinstance(meta, dict) or not {"unixtime", "end-of-epoch"} <= set(
+        meta
+    ):
+        raise load_error(
+            path, ValueError("not a checkpoint's meta data (unixtime...)")
+        )
 
 
 def _fsync(path):
@@ -285,6 +419,8 @@ def check_checkpoint_compatible(checkpointer):
     ------
     CheckpointMismatchError
         Naming the checkpoint, the first difference and what to do.
+    CheckpointLoadError
+        Naming a module file that cannot be read back.
 
     Example
     -------
@@ -310,7 +446,10 @@ def check_checkpoint_compatible(checkpointer):
                 continue
             problem = f"it has no {name}.ckpt"
         else:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:
+                raise load_error(path, error) from error
             problem = state_dict_difference(saved, obj.state_dict())
             problem = f"{name}: {problem}" if problem else ""
         if problem:

@@ -24,6 +24,22 @@ class NonFiniteError(RuntimeError):
     """More non-finite losses in an epoch than ``--nonfinite_patience``."""
 
 
+class RunInterrupted(RuntimeError):
+    """A signal stopped the run, once a checkpoint was saved.
+
+    Arguments
+    ---------
+    message : str
+        What happened and how to resume.
+    signum : int
+        The signal (``signal.SIGTERM``, ``signal.SIGINT``).
+    """
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
 def effective_option(name, hparams, run_opts, default=None):
     """The value ``Brain`` will use for a run option.
 
@@ -232,9 +248,10 @@ def load_yaml(hparams_file, overrides):
 def run_cli(run, argv):
     """Runs a recipe; known mistakes end with one line, not a trace.
 
-    ``ConfigError`` exits with status 2 and ``NonFiniteError`` with status
-    1, after printing ``s3l: error: <message>`` (also logged once logging
-    is set up).
+    ``ConfigError`` exits with status 2, ``NonFiniteError`` with status 1
+    and ``RunInterrupted`` with 128 + the signal's number (what a shell
+    reports for a process the signal ended), after printing ``s3l: error:
+    <message>`` (also logged once logging is set up).
 
     Arguments
     ---------
@@ -263,6 +280,8 @@ def run_cli(run, argv):
         _exit(error, 2)
     except NonFiniteError as error:
         _exit(error, 1)
+    except RunInterrupted as error:
+        _exit(error, 128 + error.signum)
 
 
 def _exit(error, status):

@@ -23,6 +23,10 @@ that SpeechBrain's own ``fit_batch`` runs every batch that holds data:
   optimizer-step boundaries: one in the middle of an accumulation window
   would lose the gradients gathered so far, and the resumed run would
   differ from an uninterrupted one.
+- SIGTERM (a cluster pre-empting the job) and SIGINT (Ctrl-C) stop the
+  run at the next optimizer-step boundary, once an intra-epoch checkpoint
+  is saved (:class:`RunInterrupted`, exit 128 + the signal's number);
+  rerunning the command resumes exactly. A second signal stops at once.
 - Exact resume: the random generators and counters of every process are
   checkpointed; an interrupted save is cleaned up and a checkpoint of
   another architecture stops the run at start-up.
@@ -33,6 +37,8 @@ that SpeechBrain's own ``fit_batch`` runs every batch that holds data:
 
 import logging
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 
@@ -44,6 +50,7 @@ from speechbrain.utils.distributed import if_main_process
 
 from s3l_plugin.checkpointing import (
     AtomicCheckpointer,
+    CheckpointLoadError,
     CheckpointMismatchError,
     PerRankState,
     RandomState,
@@ -52,6 +59,7 @@ from s3l_plugin.checkpointing import (
 from s3l_plugin.config import (
     ConfigError,
     NonFiniteError,
+    RunInterrupted,
     check_run_options,
     load_yaml,
     resolve_checkpoint_interval,
@@ -59,6 +67,7 @@ from s3l_plugin.config import (
 from s3l_plugin.cost import CostTracker
 from s3l_plugin.data.audio import EmptyBatch
 from s3l_plugin.distributed import rank_and_world_size, unwrap_module
+from s3l_plugin.folder_lock import OutputFolderLock
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +101,9 @@ class S3LBrain(sb.Brain):
         self.checkpoint_steps = self.ckpt_interval_steps
         self.ckpt_interval_minutes = self.ckpt_interval_steps = 0
         self._last_checkpoint = (time.time(), 0)
+        self._stop_signal = None  # a signal received, not yet acted on
+        self._stop_requested = False  # by any rank, at the last step
+        self._saved_handlers = {}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("random_state", RandomState())
             self.checkpointer.add_recoverable(
@@ -129,6 +141,8 @@ class S3LBrain(sb.Brain):
             with self._measure(batch):
                 loss = super().fit_batch(batch)
         at_boundary = self.step % self.grad_accumulation_factor == 0
+        if at_boundary and self._stop_requested:
+            self._stop_on_signal(loss)
         if at_boundary and self._intra_epoch_checkpoint_due():
             self._save_intra_epoch_checkpoint(loss)
         return loss
@@ -238,12 +252,16 @@ class S3LBrain(sb.Brain):
                 self._window_nonfinite_losses.float(),
                 (~torch.isfinite(torch.stack(norms))).any().float(),
                 torch.tensor(float(self._window_batches), device=self.device),
+                torch.tensor(
+                    float(self._stop_signal is not None), device=self.device
+                ),
             ]
         )
         self._reset_window()
         if self.distributed_launch:
             torch.distributed.all_reduce(flags)
-        bad_losses, bad_grad, batches = (int(flag) for flag in flags.tolist())
+        bad_losses, bad_grad, batches, stop = (int(f) for f in flags.tolist())
+        self._stop_requested = stop > 0  # every rank stops at this step
         self.stepped = batches > 0 and not (bad_losses or bad_grad)
         if self.stepped:
             for optimizer in optimizers:
@@ -300,6 +318,55 @@ class S3LBrain(sb.Brain):
                 *args,
             )
 
+    # ---- Stopping on a signal ----------------------------------------------
+    def install_signal_handlers(self):
+        """SIGTERM and SIGINT ask the run to stop at the next step boundary.
+
+        Only the main thread can set handlers; elsewhere nothing changes.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signum not in self._saved_handlers:
+                previous = signal.signal(signum, self._request_stop)
+                self._saved_handlers[signum] = previous
+
+    def restore_signal_handlers(self):
+        """Gives SIGTERM and SIGINT back their previous handlers."""
+        for signum, handler in self._saved_handlers.items():
+            signal.signal(signum, handler)
+        self._saved_handlers = {}
+
+    def _request_stop(self, signum, frame):
+        del frame
+        if self._stop_signal is not None:
+            # A second signal: the previous handler acts on it at once.
+            self.restore_signal_handlers()
+            signal.raise_signal(signum)
+            return
+        self._stop_signal = signum
+        logger.warning(
+            "%s received: the run stops after the next optimizer step, "
+            "once a checkpoint is saved (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def _stop_on_signal(self, loss):
+        signum = self._stop_signal or signal.SIGTERM  # another rank's
+        saved = "no checkpointer: nothing was saved"
+        if self.checkpointer is not None:
+            self._save_intra_epoch_checkpoint(loss)
+            saved = (
+                f"a checkpoint is saved in {self.checkpointer.checkpoints_dir}"
+                "; rerun the same command to resume"
+            )
+        self.restore_signal_handlers()
+        raise RunInterrupted(
+            f"stopped by {signal.Signals(signum).name} after optimizer step "
+            f"{self.optimizer_step}: {saved}",
+            signum,
+        )
+
     # ---- Intra-epoch checkpoints -------------------------------------------
     def _intra_epoch_checkpoint_due(self):
         """Whether the interval since the last checkpoint has passed.
@@ -321,25 +388,40 @@ class S3LBrain(sb.Brain):
 
     # ---- Stages ------------------------------------------------------------
     def on_fit_start(self):
-        """Cleans up an interrupted save and checks the checkpoint fits.
+        """Sets the signal handlers, cleans up an interrupted save and
+        checks the checkpoint fits.
 
         Then SpeechBrain's start (optimizers, recovery).
 
         Raises
         ------
         ConfigError
-            If the latest checkpoint was written by another architecture.
+            If the latest checkpoint was written by another architecture,
+            or one of its files cannot be read back (damaged, or holding
+            more than tensors and plain data).
         """
+        self.install_signal_handlers()
         if isinstance(self.checkpointer, AtomicCheckpointer):
             self.checkpointer.remove_incomplete()
-        if self.checkpointer is not None:
-            try:
+        try:
+            if self.checkpointer is not None:
                 resumed = check_checkpoint_compatible(self.checkpointer)
-            except CheckpointMismatchError as error:
-                raise ConfigError(str(error)) from error
-            if resumed:
-                logger.info("Resuming from %s", resumed)
-        super().on_fit_start()
+                if resumed:
+                    logger.info("Resuming from %s", resumed)
+            super().on_fit_start()
+        except (CheckpointMismatchError, CheckpointLoadError) as error:
+            raise ConfigError(str(error)) from error
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        """Signals act at once again (training is over); then SpeechBrain's.
+
+        Arguments
+        ---------
+        max_key, min_key : str, optional
+            As for ``Brain.on_evaluate_start``.
+        """
+        self.restore_signal_handlers()
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)
 
     def on_stage_start(self, stage, epoch=None):
         """Starts the accumulation window and checkpoint interval afresh.
@@ -349,12 +431,47 @@ class S3LBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self._reset_window()
             self._last_checkpoint = (time.time(), self.step)
+            self._epoch_start = {
+                "optimizer_step": self.optimizer_step,
+                "batch": self.step,  # > 0: resumed within the epoch
+                "skipped_audio": self.skipped_audio,
+                "nonfinite_steps": self.nonfinite_steps,
+            }
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs the stage's skipped audio; writes the cost after training."""
+        """Logs the stage's skipped audio; writes the cost after training.
+
+        Raises
+        ------
+        ConfigError
+            If a training epoch made no optimizer step: every later epoch
+            would train nothing as well, and the model stays as it was.
+        """
         self.flush_skipped_audio()
         if stage == sb.Stage.TRAIN:
             self.write_cost()
+            self._check_epoch_stepped(epoch)
+
+    def _check_epoch_stepped(self, epoch):
+        start = self._epoch_start
+        resumed_at_end = start["batch"] > 0 and self.step == start["batch"]
+        if (
+            self.optimizer_step > start["optimizer_step"]
+            or resumed_at_end  # nothing was left of the epoch
+            or self._optimizer_step_limit_exceeded
+        ):
+            return
+        raise ConfigError(
+            f"epoch {epoch} made no optimizer step: of its "
+            f"{self.step - start['batch']} training batches, "
+            f"{self.skipped_audio - start['skipped_audio']} audio files "
+            "were unusable (each is named in the log) and "
+            f"{self.nonfinite_steps - start['nonfinite_steps']} steps "
+            "non-finite; check the training CSV's audio, or lower "
+            f"--grad_accumulation_factor (now "
+            f"{self.grad_accumulation_factor}) if the epoch has fewer "
+            "batches"
+        )
 
     @torch.no_grad()
     def evaluate_batch(self, batch, stage):
@@ -471,7 +588,9 @@ def start_experiment(hparams_file, run_opts, overrides):
     """What every recipe does before its output folder exists.
 
     Loads the YAML (which builds the modules, alike on every rank), checks
-    the run options, starts DDP and gives each rank its own random streams.
+    the run options, locks the output folder against a second run (main
+    process, until it exits), starts DDP and gives each rank its own
+    random streams.
     The recipe then calls ``sb.create_experiment_directory`` itself, so
     that SpeechBrain copies the recipe script into the output folder.
 
@@ -488,11 +607,14 @@ def start_experiment(hparams_file, run_opts, overrides):
     Raises
     ------
     ConfigError
-        For a mistake in the YAML, the overrides or the run options.
+        For a mistake in the YAML, the overrides or the run options, or
+        an output folder in use by another run.
     """
     hparams = load_yaml(hparams_file, overrides)
     check_run_options(hparams, run_opts)
     resolve_checkpoint_interval(hparams, run_opts)
+    if rank_and_world_size()[0] == 0:
+        OutputFolderLock(hparams["output_folder"]).acquire()
     sb.utils.distributed.ddp_init_group(run_opts)
     seed_rank(hparams["seed"], rank_and_world_size()[0])
     return hparams

@@ -9,6 +9,7 @@ cross an epoch boundary. Parameters are compared bit for bit.
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -131,6 +132,56 @@ def test_killed_run_resumes_exactly(pretrain_runner, uninterrupted, tmp_path):
     resumed = pretrain_runner.run(output, *RUN_ARGS, env={DUMP_ENV: dump})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_state(uninterrupted, load_dump(dump))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_the_rerun_resumes_exactly(
+    pretrain_runner, uninterrupted, tmp_path, signum
+):
+    output = str(tmp_path / "out")
+    # No interval checkpoints: the one saved is the signal's.
+    process = subprocess.Popen(
+        pretrain_runner.command(output, *RUN_ARGS, "--ckpt_interval_steps=0"),
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    log = os.path.join(output, "log.txt")
+    while process.poll() is None and not (
+        os.path.exists(log) and logged_steps(output)
+    ):
+        assert time.monotonic() < deadline, "no optimizer step in 300 s"
+        time.sleep(0.02)
+    process.send_signal(signum)  # after step 1, maybe within step 2
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    name = signal.Signals(signum).name
+    match = re.fullmatch(
+        rf"s3l: error: stopped by {name} after optimizer step (\d+): a "
+        r"checkpoint is saved in .*; rerun the same command to resume",
+        lines[-1],
+    )
+    assert match, lines[-3:]
+    stopped_at = int(match.group(1))
+    assert 1 <= stopped_at < 9
+    assert not os.path.exists(os.path.join(output, "encoder.ckpt"))
+    (checkpoint,) = glob.glob(os.path.join(output, "save", "CKPT+*"))
+    with open(os.path.join(checkpoint, "CKPT.yaml"), encoding="utf-8") as f:
+        assert yaml.safe_load(f)["end-of-epoch"] is False
+    with open(os.path.join(checkpoint, "brain.ckpt"), encoding="utf-8") as f:
+        assert yaml.safe_load(f)["optimizer_step"] == stopped_at
+
+    dump = str(tmp_path / "dump")
+    resumed = pretrain_runner.run(output, *RUN_ARGS, env={DUMP_ENV: dump})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_state(uninterrupted, load_dump(dump))
+    resumed_steps = [s["step"] for s in logged_steps(output)[stopped_at:]]
+    assert resumed_steps == list(range(stopped_at + 1, 10))
 
 
 def _noise_csv(folder, count=4):
