@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs into ./.venv if needed, generates the synthetic mini
 # LibriSpeech corpus (eSpeak NG), pretrains the tiny S3L model on it, then
-# finetunes it for CTC speech recognition and prints the test WER.
+# finetunes it for CTC speech recognition and prints the dev and test WER
+# (lexicon + n-gram beam search, greedy alongside).
 # Extra arguments go to both recipes (e.g. --device=cuda:0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
