@@ -73,6 +73,66 @@ def effective_option(name, hparams, run_opts, default=None):
     return hparams.get(name, default)
 
 
+def training_device(hparams, run_opts):
+    """The device ``Brain`` will train on (SpeechBrain's default: cuda:0
+    if a GPU is visible, else cpu).
+
+    Example
+    -------
+    >>> training_device({"device": "cpu"}, {})
+    'cpu'
+    """
+    return effective_option("device", hparams, run_opts) or (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+
+
+def resolve_auto_precision(hparams, run_opts):
+    """Replaces ``precision: auto`` by the precision chosen for the device.
+
+    SpeechBrain's command line only takes fp32, fp16 or bf16, so ``auto``
+    comes from the YAML; an explicit ``--precision`` wins as usual. The
+    choice (``s3l_plugin.runtime.resolve_precision``) is logged and written
+    into ``hparams``, where ``Brain`` reads it.
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded YAML; modified in place.
+    run_opts : RunOptions or dict
+        From ``sb.parse_arguments``.
+
+    Example
+    -------
+    >>> hparams = {"precision": "auto"}
+    >>> resolve_auto_precision(hparams, {"precision": "fp32"})
+    >>> hparams["precision"]  # the command line's value wins
+    'auto'
+    >>> resolve_auto_precision(hparams, {"device": "cpu"})
+    >>> hparams["precision"] in ("fp32", "bf16")
+    True
+    """
+    from s3l_plugin.runtime import cpu_bf16_speedup, resolve_precision
+
+    if effective_option("precision", hparams, run_opts) != "auto":
+        return
+    device = training_device(hparams, run_opts)
+    speedup = None
+    if torch.device(device).type == "cpu":
+        speedup = cpu_bf16_speedup()
+    precision = resolve_precision("auto", device, speedup)
+    reason = f"bf16 {'' if precision == 'bf16' else 'un'}supported"
+    if speedup is not None:
+        reason = f"bf16 matrix products at {speedup:.2f}x the fp32 speed"
+    logger.info(
+        "precision: auto -> %s on %s (%s); --precision=... overrides",
+        precision,
+        device,
+        reason,
+    )
+    hparams["precision"] = precision
+
+
 def check_run_options(hparams, run_opts):
     """Rejects run options that would silently train wrongly.
 
@@ -110,10 +170,13 @@ def check_run_options(hparams, run_opts):
         raise ConfigError(
             f"grad_accumulation_factor is {factor}: it must be >= 1"
         )
-    device = effective_option("device", hparams, run_opts) or (
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
+    device = training_device(hparams, run_opts)
     precision = effective_option("precision", hparams, run_opts, "fp32")
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(
+            f"precision is {precision!r}: use auto (in the YAML), fp32, "
+            "fp16 or bf16"
+        )
     if precision == "fp16" and not str(device).startswith("cuda"):
         raise ConfigError(
             f"precision fp16 is not supported on {device}: use "

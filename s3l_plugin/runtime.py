@@ -17,10 +17,16 @@ the first time it sees that device (``DeviceResolved``), never from whether
 the machine has a GPU. ``set_runtime_options`` changes a knob in every
 layer of a model at once.
 
+Training precision is SpeechBrain's run option; ``precision: auto`` (the
+paper YAML's default) is resolved here once per run by
+:func:`resolve_precision`: bf16 on a GPU that supports it, and on a CPU
+only where a short probe finds bf16 matrix products faster than fp32.
+
 Authors
  * S3L contributors 2025
 """
 
+import time
 from typing import NamedTuple
 
 import torch
@@ -32,6 +38,11 @@ KNOBS = {"attention_backend": ATTENTION_BACKENDS, "conv_impl": CONV_IMPLS}
 # beating oneDNN's direct grouped convolution on CPU; forward + backward
 # stays faster up to at least 1500 frames (benchmarks/train_step.py).
 FFT_NO_GRAD_MAX_FRAMES = 512
+# The bf16 probe: a linear layer of the encoder's shape (frames x d_model x
+# d_ffn); bf16 must beat fp32 by this factor to be chosen, so that timing
+# noise on a loaded machine does not pick the slower one.
+_PROBE_SHAPE = (256, 512, 2048)
+_PROBE_MARGIN = 1.1
 
 
 def check_choice(knob, value):
@@ -183,3 +194,82 @@ def set_runtime_options(model, attention_backend=None, conv_impl=None):
             if hasattr(module, knob):
                 setattr(module, knob, value)
     return model
+
+
+def _linear_seconds(autocast_bf16, repeats=5):
+    """Best time of the probe's linear layer on the CPU, in fp32 or under
+    bf16 autocast (which also pays for casting inputs and weights, as a
+    training step does)."""
+    rows, inner, cols = _PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(rows, inner, generator=generator)
+    weight = torch.randn(cols, inner, generator=generator)
+    best = float("inf")
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast_bf16):
+        torch.nn.functional.linear(inputs, weight)  # kernel selection
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.nn.functional.linear(inputs, weight)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cpu_bf16_speedup():
+    """How much faster a linear layer runs under bf16 autocast on this CPU.
+
+    Returns
+    -------
+    float
+        fp32 time / bf16 time of the probe (above 1: bf16 faster; 3.3 on
+        a CPU with AMX, about 0.5 on AVX512 CPUs without bf16 units).
+
+    Example
+    -------
+    >>> cpu_bf16_speedup() > 0
+    True
+    """
+    return _linear_seconds(False) / _linear_seconds(True)
+
+
+def resolve_precision(precision, device, cpu_speedup=None):
+    """The training precision ``precision`` means on ``device``.
+
+    ``"fp32"``, ``"fp16"`` and ``"bf16"`` stay as given. ``"auto"`` is
+    bf16 on a CUDA device that supports it (fp32 on one that does not: fp16
+    would need loss scaling, which is not chosen silently), and on a CPU
+    bf16 only if :func:`cpu_bf16_speedup` finds it clearly faster.
+
+    Arguments
+    ---------
+    precision : str
+        ``"auto"``, ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+    device : torch.device or str
+        The training device.
+    cpu_speedup : float, optional
+        A :func:`cpu_bf16_speedup` already measured (None: probe now).
+
+    Returns
+    -------
+    str
+        ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+
+    Example
+    -------
+    >>> resolve_precision("fp32", "cuda")
+    'fp32'
+    >>> resolve_precision("auto", "cpu", cpu_speedup=0.5)
+    'fp32'
+    >>> resolve_precision("auto", "cpu", cpu_speedup=2.0)
+    'bf16'
+    """
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16" if supported else "fp32"
+    if device.type == "cpu":
+        if cpu_speedup is None:
+            cpu_speedup = cpu_bf16_speedup()
+        return "bf16" if cpu_speedup > _PROBE_MARGIN else "fp32"
+    return "fp32"

@@ -62,6 +62,7 @@ from s3l_plugin.config import (
     RunInterrupted,
     check_run_options,
     load_yaml,
+    resolve_auto_precision,
     resolve_checkpoint_interval,
 )
 from s3l_plugin.cost import CostTracker
@@ -611,6 +612,7 @@ def start_experiment(hparams_file, run_opts, overrides):
         an output folder in use by another run.
     """
     hparams = load_yaml(hparams_file, overrides)
+    resolve_auto_precision(hparams, run_opts)
     check_run_options(hparams, run_opts)
     resolve_checkpoint_interval(hparams, run_opts)
     if rank_and_world_size()[0] == 0:

@@ -60,3 +60,38 @@ def test_set_runtime_options_reaches_every_layer_of_a_model():
         assert knobs == {("conv_impl", "direct"), ("attention_backend", "math")}
     with pytest.raises(ValueError, match="conv_impl"):
         set_runtime_options(model, conv_impl="winograd")
+
+
+def test_precision_auto_follows_the_device_and_explicit_values_stay(
+    monkeypatch, caplog
+):
+    from speechbrain.utils.run_opts import RunOptions
+
+    from s3l_plugin import runtime
+    from s3l_plugin.config import ConfigError, check_run_options
+    from s3l_plugin.config import resolve_auto_precision as resolve
+
+    for speedup, wanted in ((0.52, "fp32"), (1.05, "fp32"), (3.3, "bf16")):
+        monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda s=speedup: s)
+        hparams = {"precision": "auto", "device": "cpu"}
+        with caplog.at_level("INFO", logger="s3l_plugin.config"):
+            resolve(hparams, RunOptions())
+        assert hparams["precision"] == wanted  # where Brain reads it
+        assert f"precision: auto -> {wanted} on cpu" in caplog.text
+        check_run_options(hparams, {})
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
+    for supported, wanted in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(
+            runtime.torch.cuda, "is_bf16_supported", lambda s=supported: s
+        )
+        assert runtime.resolve_precision("auto", "cuda:0") == wanted
+    # An explicit value, in the YAML or on the command line, stays.
+    hparams = {"precision": "bf16", "device": "cpu"}
+    resolve(hparams, RunOptions())
+    assert hparams["precision"] == "bf16"
+    hparams = {"precision": "auto", "device": "cpu"}
+    run_opts = RunOptions(precision="fp32", overridden_args={"precision"})
+    resolve(hparams, run_opts)
+    assert hparams["precision"] == "auto"  # Brain takes the command line's
+    with pytest.raises(ConfigError, match="precision is 'bf17'"):
+        check_run_options({"precision": "bf17", "device": "cpu"}, {})
