@@ -86,3 +86,55 @@ def test_given_bucket_boundaries_are_kept_and_fixed_batches_need_none():
         )
         is None
     )
+
+
+def _real_seconds_per_batch(sampler, durations):
+    batches = list(sampler)
+    return sum(durations[int(i)] for b in batches for i in b) / len(batches)
+
+
+@pytest.mark.parametrize("max_batch_ex", [None, 5])
+def test_batch_count_is_speechbrains(max_batch_ex):
+    import numpy as np
+    from speechbrain.dataio.sampler import DynamicBatchSampler
+
+    from s3l_plugin.data.batching import count_batches
+
+    rng = np.random.default_rng(0)
+    durations = np.concatenate([rng.uniform(1, 20, 500), [40.0]])
+    lengths = durations.tolist()
+    for limit in (30.0, 97.5, 200.0):
+        for boundaries in ([35.0], [3.0, 7.5, 12.0, 20.0]):
+            sampler = DynamicBatchSampler(
+                lengths,
+                limit,
+                bucket_boundaries=boundaries,
+                lengths_list=lengths,
+                max_batch_ex=max_batch_ex,
+            )
+            assert count_batches(
+                durations, boundaries, limit, max_batch_ex
+            ) == len(list(sampler))
+
+
+def test_equal_data_per_step_gives_speechbrains_real_speech_per_batch():
+    """Quantile buckets pad less; the option lowers the limit so that a
+    micro-batch carries the real speech of SpeechBrain's buckets."""
+    import numpy as np
+
+    durations = np.random.default_rng(1).uniform(1.5, 20, 1500).tolist()
+    dataset = _dataset(durations)
+    speechbrain = make_train_sampler(_hparams(quantile_buckets=False), dataset)
+    quantile = make_train_sampler(_hparams(), dataset)
+    equal = make_train_sampler(_hparams(equal_data_per_step=True), dataset)
+    wanted = _real_seconds_per_batch(speechbrain, durations)
+    assert _real_seconds_per_batch(quantile, durations) > 1.1 * wanted
+    assert _real_seconds_per_batch(equal, durations) == pytest.approx(
+        wanted, rel=0.01
+    )
+    assert len(equal) == len(speechbrain)
+    assert equal._max_batch_length < 200.0
+    # Still quantile buckets: less padding than SpeechBrain's.
+    assert _padded_fraction(equal, durations) < 0.5 * _padded_fraction(
+        speechbrain, durations
+    )

@@ -9,6 +9,16 @@ LibriSpeech utterance (1-35 s) into the first few buckets, so a batch mixes
 durations give every bucket the same number of utterances of similar
 length: 1.5 % padding, and 1.3x the audio per second in the same benchmark.
 
+Quantile buckets pad less, so a micro-batch of ``max_batch_length`` padded
+seconds holds more real speech than with SpeechBrain's buckets, the
+batching the paper's figures were obtained with (about 65 against 54
+minutes per 4 x 1080 s optimizer step on a train-clean-100-shaped corpus):
+12,500 steps would then be 19 % more data than the paper's.
+:func:`equal_data_batch_length` lowers the micro-batch limit until the
+quantile buckets make as many batches per epoch as SpeechBrain's buckets
+with the configured limit, i.e. the same real speech per micro-batch on
+average (``equal_data_per_step``, the default of ``hparams/s3l.yaml``).
+
 Also the recipes' data-loader settings: the training batch sampler and the
 loader keyword arguments (each loader with its own generator).
 
@@ -57,6 +67,106 @@ def quantile_bucket_boundaries(durations, num_buckets):
     return np.unique(np.quantile(durations, levels)).tolist()
 
 
+def count_batches(durations, bucket_boundaries, max_batch_length, max_ex):
+    """Batches per epoch of ``DynamicBatchSampler`` with these buckets.
+
+    The sampler fills each bucket up to ``int(max_batch_length /
+    boundary)`` utterances (between 1 and ``max_batch_length``), and keeps
+    the last partial batch of every bucket; longer utterances than the last
+    boundary go one per batch. The count depends on the bucket sizes only,
+    not on the shuffle, so it is computed without building the sampler
+    (a Python loop over every utterance).
+
+    Arguments
+    ---------
+    durations : numpy.ndarray
+        Seconds per utterance.
+    bucket_boundaries : sequence of float
+        Increasing upper bounds.
+    max_batch_length : float
+        Padded seconds per batch.
+    max_ex : int or None
+        Most utterances per batch.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> count_batches(np.array([1.0, 1.0, 2.0, 3.0]), [1.0, 3.0], 6.0, None)
+    2
+    """
+    boundaries = np.asarray(bucket_boundaries, dtype=float)
+    sizes = np.maximum(1, (max_batch_length / boundaries).astype(int))
+    if max_ex is not None:
+        sizes = np.minimum(sizes, max_ex)
+    sizes = np.append(sizes, 1)
+    buckets = np.searchsorted(boundaries, durations)
+    counts = np.bincount(buckets, minlength=len(sizes))
+    return int(np.ceil(counts / sizes).sum())
+
+
+def equal_data_batch_length(durations, config, quantile_boundaries):
+    """The micro-batch limit giving quantile buckets SpeechBrain's data.
+
+    Finds the largest ``max_batch_length`` with which the quantile buckets
+    make at least as many batches per epoch as SpeechBrain's own buckets
+    (``num_buckets`` log-normal boundaries) make with the configured
+    limit, so that each micro-batch holds the same real speech on average.
+
+    Arguments
+    ---------
+    durations : sequence of float
+        Seconds per training utterance.
+    config : dict
+        ``dynamic_batch_sampler`` settings: ``max_batch_length``,
+        ``num_buckets`` and optionally ``max_batch_ex``.
+    quantile_boundaries : list of float
+        The quantile buckets' boundaries.
+
+    Returns
+    -------
+    float
+        The limit (seconds), at most ``config["max_batch_length"]``.
+
+    Example
+    -------
+    >>> durations = np.random.default_rng(0).uniform(2, 16, 2000)
+    >>> config = {"max_batch_length": 200.0, "num_buckets": 20}
+    >>> bounds = quantile_bucket_boundaries(durations, 20)
+    >>> 150 < equal_data_batch_length(durations, config, bounds) < 200
+    True
+    """
+    durations = np.asarray(durations, dtype=float)
+    limit = float(config["max_batch_length"])
+    max_ex = config.get("max_batch_ex")
+    # SpeechBrain's own batches, counted by SpeechBrain (one pass over the
+    # corpus, so that a change in its bucket placement follows).
+    lengths = durations.tolist()
+    wanted = len(
+        DynamicBatchSampler(
+            lengths,
+            max_batch_length=limit,
+            num_buckets=config["num_buckets"],
+            max_batch_ex=max_ex,
+            lengths_list=lengths,
+        )
+    )
+    low, high = 0.0, limit
+    if count_batches(durations, quantile_boundaries, high, max_ex) >= wanted:
+        return high
+    for _ in range(40):  # bisection to a millisecond-scale interval
+        middle = (low + high) / 2
+        if count_batches(durations, quantile_boundaries, middle, max_ex) >= (
+            wanted
+        ):
+            low = middle
+        else:
+            high = middle
+    return round(low, 3)
+
+
 def make_train_sampler(hparams, dataset):
     """The training batch sampler, or None for fixed-size batches.
 
@@ -65,8 +175,11 @@ def make_train_sampler(hparams, dataset):
     ``max_batch_length`` seconds of padded audio. With ``quantile_buckets``
     (default True) its ``num_buckets`` bucket boundaries sit at quantiles
     of the training durations (``s3l_plugin.data.batching``) instead of
-    SpeechBrain's log-normal spread up to ``max_batch_length``. False
-    gives shuffled batches of ``batch_size`` utterances (see
+    SpeechBrain's log-normal spread up to ``max_batch_length``; with
+    ``equal_data_per_step`` too (default False; True in ``s3l.yaml``) the
+    limit is lowered by :func:`equal_data_batch_length` so that a
+    micro-batch holds as much real speech as with SpeechBrain's buckets.
+    False gives shuffled batches of ``batch_size`` utterances (see
     :func:`train_loader_kwargs`).
 
     Arguments
@@ -95,8 +208,21 @@ def make_train_sampler(hparams, dataset):
             for data_id in dataset.data_ids
         ]
         config["bucket_boundaries"] = quantile_bucket_boundaries(
-            durations, config.pop("num_buckets", 60)
+            durations, config.get("num_buckets", 60)
         )
+        if hparams.get("equal_data_per_step", False):
+            configured = config["max_batch_length"]
+            config["max_batch_length"] = equal_data_batch_length(
+                durations, config, config["bucket_boundaries"]
+            )
+            logger.info(
+                "equal_data_per_step: micro-batches of at most %.1f s of "
+                "padded audio (not %.1f s), as much real speech per "
+                "micro-batch as SpeechBrain's buckets give",
+                config["max_batch_length"],
+                configured,
+            )
+        config.pop("num_buckets", None)
         logger.info(
             "Dynamic batches: %d duration buckets at quantiles up to %.1f s",
             len(config["bucket_boundaries"]),
