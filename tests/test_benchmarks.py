@@ -414,3 +414,25 @@ def test_shared_options_follow_the_device():
     assert quick.model == "toy"
     fixed = parse_benchmark_args(parser, ["--precision", "fp32", "bf16"])
     assert fixed.precision == ["fp32", "bf16"]
+
+
+def test_dataloader_benchmark_times_every_stage_and_loader(capsys):
+    dataloader = _script("dataloader")
+    stage_rows, loader_rows = dataloader.main(["--tiny"])
+    out = capsys.readouterr().out
+    stages = _table(out, dataloader.STAGE_HEADERS)
+    assert [row[0] for row in stages[:5]] == [
+        "decode",
+        "checks",
+        "resample_24k",
+        "collate",
+        "noise",
+    ]
+    shares = [float(row[2]) for row in stages[:5] if row[2] != "n/a"]
+    assert sum(shares) == pytest.approx(1.0, abs=0.02)
+    loaders = _table(out, dataloader.LOADER_HEADERS)
+    assert [row[0] for row in loaders] == ["0", "1"]
+    # Every loader delivered the same batches (same sampler, same audio).
+    assert len({row[2] for row in loaders}) == 1
+    assert all(float(row[-1]) > 0 for row in loaders)
+    assert "per worker" in out and "workers needed" in out
