@@ -436,3 +436,15 @@ def test_dataloader_benchmark_times_every_stage_and_loader(capsys):
     assert len({row[2] for row in loaders}) == 1
     assert all(float(row[-1]) > 0 for row in loaders)
     assert "per worker" in out and "workers needed" in out
+
+
+def test_prepare_scale_benchmark_times_every_phase(capsys):
+    prepare_scale = _script("prepare_scale")
+    rows = prepare_scale.main(["--tiny"])
+    printed = _table(capsys.readouterr().out, prepare_scale.HEADERS)
+    phases = ["write", "prepare", "sampler", "resume", "prepare (again)"]
+    assert [" ".join(row[:-4]) for row in printed] == phases
+    assert [row[0] for row in rows] == phases
+    # Every generated file was prepared and reached the sampler.
+    assert {row[1] for row in rows} == {300}
+    assert all(float(row[-1]) > 0 for row in rows)  # peak RSS reported
