@@ -26,7 +26,6 @@ import os
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 from speechbrain.dataio.dataio import load_data_csv
 
 from s3l_plugin.checkpointing import PerRankState
@@ -489,15 +488,11 @@ class NoiseStream(PerRankState):
         """
         batch, num_samples = waveforms.shape[:2]
         lengths = self.lengths or [num_samples] * batch
-        noise = torch.stack(
-            [
-                F.pad(
-                    self._crop(self._next_noise(), int(length)),
-                    (0, num_samples - int(length)),
-                )
-                for length in lengths
-            ]
-        )
+        # Rows written in place into one zeroed tensor: padding each row
+        # and stacking copied every sample twice (benchmarks/dataloader.py).
+        noise = torch.zeros(batch, num_samples)
+        for row, length in zip(noise, lengths):
+            self._crop_into(self._next_noise(), row[: int(length)])
         noise = noise.to(device=waveforms.device, dtype=waveforms.dtype)
         if waveforms.dim() == 3:
             noise = noise.unsqueeze(2).expand_as(waveforms).contiguous()
@@ -568,17 +563,19 @@ class NoiseStream(PerRankState):
             self.cached_bytes += size
         return noise
 
-    def _crop(self, noise, num_samples):
-        """``num_samples`` of ``noise`` from a random offset, looped."""
-        length = noise.shape[0]
+    def _crop_into(self, noise, out):
+        """Fills ``out`` from ``noise`` at a random offset, looped."""
+        length, num_samples = noise.shape[0], out.shape[0]
         # A long noise is cropped inside itself; a short one is looped from
         # any of its samples.
         high = length - num_samples + 1 if length >= num_samples else length
         start = int(torch.randint(high, (1,), generator=self.offsets))
-        if start + num_samples <= length:
-            return noise[start : start + num_samples]
-        looped = (start + torch.arange(num_samples)) % length
-        return noise[looped]
+        written = 0
+        while written < num_samples:
+            piece = noise[start : start + num_samples - written]
+            out[written : written + piece.shape[0]] = piece
+            written += piece.shape[0]
+            start = 0
 
     def get_state(self):
         """Pass, position in the pass and the offsets' generator."""
