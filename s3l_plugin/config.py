@@ -326,12 +326,27 @@ _TaggedLoader.add_implicit_resolver(
 
 
 def _merge(tree, overrides):
-    """Applies ``overrides`` to ``tree`` as HyperPyYAML does."""
+    """Applies ``overrides`` to ``tree`` as HyperPyYAML does.
+
+    A mapping given for a tagged one (``--encoder={d_ffn: 64}``) goes into
+    its arguments.
+    """
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(tree.get(key), dict):
-            _merge(tree[key], value)
+        target = tree.get(key)
+        if _is_tagged(target) and not _is_tagged(value):
+            target = next(iter(target.values()))
+        if isinstance(value, dict) and isinstance(target, dict):
+            _merge(target, value)
         else:
             tree[key] = value
+
+
+def _is_tagged(value):
+    return (
+        isinstance(value, dict)
+        and len(value) == 1
+        and str(next(iter(value))).startswith("!")
+    )
 
 
 def training_options(hparams_file, overrides, hparams, run_opts):
@@ -378,6 +393,12 @@ def training_options(hparams_file, overrides, hparams, run_opts):
 
 
 def _flatten(tree, prefix=""):
+    """``{"a.b": leaf}``; a tagged node's tag is its own leaf."""
+    if _is_tagged(tree):
+        ((tag, value),) = tree.items()
+        if not isinstance(value, dict):
+            return {prefix: f"{tag} {json.dumps(value)}"}
+        return {prefix: tag, **_flatten(value, prefix)}
     if not isinstance(tree, dict) or not tree:
         return {prefix: tree}
     flat = {}
