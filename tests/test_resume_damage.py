@@ -225,7 +225,7 @@ def test_refusals_on_resume(
     """Changed options, and checkpoints none of which can be resumed."""
     cases = {
         "lr": (finished_run, ["--lr=0.002"]),
-        "fewer_steps": (finished_run, ["--total_steps=3"]),
+        "fewer_steps": (finished_run, ["--total_steps=3"]),  # replaces 4
         "accumulation": (finished_run, ["--grad_accumulation_factor=2"]),
         "nested": (finished_run, ["--contrastive_loss={temperature: 0.1}"]),
         "no_meta": (crashed_run[0], []),
@@ -242,12 +242,15 @@ def test_refusals_on_resume(
     )
     for path in damaged:
         truncate(os.path.join(path, "student.ckpt"))
-    processes = {
-        name: start_runs(
-            pretrain_runner, {name: folders[name]}, *RUN_ARGS, *extra[name]
-        )[name]
-        for name in cases
-    }
+    processes = {}
+    for name in cases:
+        given = {arg.split("=")[0] for arg in extra[name]}
+        args = [arg for arg in RUN_ARGS if arg.split("=")[0] not in given]
+        processes.update(
+            start_runs(
+                pretrain_runner, {name: folders[name]}, *args, *extra[name]
+            )
+        )
     results = finish_runs(processes)
     lines = {name: error_line(*results[name]) for name in cases}
     assert "lr was 0.001 in the checkpoint" in lines["lr"]
