@@ -118,9 +118,10 @@ def load_error(path, error):
             "never unpickled (a damaged or tampered file)"
         )
     else:
+        # The first sentence: torch's own messages go on with advice.
         detail = str(error).strip().splitlines()
         problem = f"{type(error).__name__}" + (
-            f": {detail[0]}" if detail else ""
+            f": {detail[0].split('. ')[0]}" if detail else ""
         )
     return CheckpointLoadError(f"cannot resume from {path}: {problem}", problem)
 
@@ -506,7 +507,7 @@ class AtomicCheckpointer(Checkpointer):
         if failures:
             older = ""
             if len(failures) > 1:
-                older = f"; nor from the {len(failures) - 1} other ones"
+                older = f"; nor from the other {len(failures) - 1}"
             raise CheckpointLoadError(
                 f"{failures[0].message}{older}; {START_AFRESH}",
                 failures[0].problem,

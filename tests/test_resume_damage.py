@@ -13,12 +13,14 @@ import glob
 import logging
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
-from hooked_recipe import CRASH_ENV, CRASH_EXIT_CODE
+from conftest import ROOT
+from hooked_recipe import CRASH_ENV, CRASH_EXIT_CODE, DUMP_ENV
 from test_faults import error_line, finish_runs, start_runs
-from test_resume import logged_steps
+from test_resume import assert_same_state, load_dump, logged_steps
 
 from s3l_plugin import checkpointing
 from s3l_plugin.checkpointing import (
@@ -99,7 +101,7 @@ def test_no_usable_checkpoint_stops_naming_the_newest(two_checkpoints):
         checkpointer.recover_if_possible()
     message = str(error.value)
     assert message.startswith(f"cannot resume from {newest}/counters.ckpt: ")
-    assert "nor from the 1 other ones" in message
+    assert "nor from the other 1" in message
     assert "pass --restart" in message
 
 
@@ -196,27 +198,63 @@ def lrs_of_one_cycle(total_steps, steps):
     return [lrs[step] for step in steps]
 
 
+DAMAGES = {
+    "student.ckpt": truncate,
+    "optimizer.ckpt": truncate,
+    "random_state.ckpt": truncate,
+    "counters.ckpt": truncate,
+    "CKPT.yaml": bad_meta,
+}
+
+
+@pytest.fixture(scope="module")
+def fallback_resumes(pretrain_runner, crashed_run, tmp_path_factory):
+    """Reruns of copies of the crashed run, one newest file damaged each.
+
+    Returns ``{file: (returncode, stderr, output, damaged file, dump)}``.
+    """
+    source, _, step2 = crashed_run
+    base = tmp_path_factory.mktemp("fallback")
+    processes, cases = {}, {}
+    for name, damage in DAMAGES.items():
+        output = copy_run(source, base / name / "out")
+        damaged = os.path.join(output, "save", os.path.basename(step2), name)
+        damage(damaged)
+        dump = str(base / name / "dump")
+        processes[name] = subprocess.Popen(
+            pretrain_runner.command(output, *RUN_ARGS),
+            cwd=ROOT,
+            env=dict(os.environ, OMP_NUM_THREADS="1", **{DUMP_ENV: dump}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        cases[name] = (output, damaged, dump)
+    results = finish_runs(processes)
+    return {name: (*results[name], *cases[name]) for name in DAMAGES}
+
+
+@pytest.mark.parametrize("name", DAMAGES)
 def test_damaged_newest_checkpoint_of_a_run_resumes_from_the_older(
-    pretrain_runner, crashed_run, tmp_path
+    fallback_resumes, crashed_run, name
 ):
-    source, step1, step2 = crashed_run
-    output = copy_run(source, tmp_path / "out")
-    damaged = os.path.join(output, "save", os.path.basename(step2))
-    truncate(os.path.join(damaged, "optimizer.ckpt"))
-    result = pretrain_runner.run(output, *RUN_ARGS)
-    assert result.returncode == 0, result.stderr[-3000:]
+    returncode, stderr, output, damaged, dump = fallback_resumes[name]
+    assert returncode == 0, stderr[-3000:]
     with open(os.path.join(output, "log.txt"), encoding="utf-8") as log:
         text = log.read()
-    assert (
-        f"cannot resume from {damaged}/optimizer.ckpt: " in text
-        and "trying the next checkpoint" in text
-    )
-    older = os.path.join(output, "save", os.path.basename(step1))
+    (warning,) = [
+        line for line in text.splitlines() if "cannot resume from" in line
+    ]
+    assert f"cannot resume from {damaged}: " in warning
+    older = os.path.join(output, "save", os.path.basename(crashed_run[1]))
     assert f"Loading a checkpoint from {older}" in text
     # Steps 1 and 2 of the first process, 2 and 3 of the second, then
     # steps 2 to 4 again from the step-1 checkpoint.
     steps = [step["step"] for step in logged_steps(output)]
     assert steps == [1, 2, 2, 3, 2, 3, 4]
+    # Every fallback ends with the same parameters.
+    reference = load_dump(fallback_resumes["student.ckpt"][-1])
+    assert_same_state(reference, load_dump(dump))
 
 
 def test_refusals_on_resume(
