@@ -468,9 +468,17 @@ class S3LBrain(sb.Brain):
         ---------
         max_key, min_key : str, optional
             As for ``Brain.on_evaluate_start``.
+
+        Raises
+        ------
+        ConfigError
+            If no checkpoint to evaluate can be loaded.
         """
         self.restore_signal_handlers()
-        super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        try:
+            super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        except (CheckpointMismatchError, CheckpointLoadError) as error:
+            raise ConfigError(str(error)) from error
 
     def on_stage_start(self, stage, epoch=None):
         """Starts the accumulation window and checkpoint interval afresh.
