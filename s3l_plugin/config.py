@@ -369,8 +369,9 @@ def training_options(hparams_file, overrides, hparams, run_opts):
 
     Returns
     -------
-    dict
-        JSON-serialisable.
+    dict or None
+        JSON-serialisable; None (with a warning) if the YAML is not plain
+        YAML.
 
     Example
     -------
@@ -381,10 +382,21 @@ def training_options(hparams_file, overrides, hparams, run_opts):
     >>> training_options(path, "lr: 0.2", {}, {})["opt"]
     {'!name:torch.optim.SGD': {'lr': {'!ref': '<lr>'}}}
     """
-    with open(hparams_file, encoding="utf-8") as fin:
-        tree = yaml.load(fin, Loader=_TaggedLoader) or {}
-    if isinstance(overrides, str):
-        overrides = yaml.load(overrides, Loader=_TaggedLoader)
+    try:
+        with open(hparams_file, encoding="utf-8") as fin:
+            tree = yaml.load(fin, Loader=_TaggedLoader) or {}
+        if isinstance(overrides, str):
+            overrides = yaml.load(overrides, Loader=_TaggedLoader)
+    except yaml.YAMLError as error:
+        # YAML that HyperPyYAML reads but plain YAML does not (e.g. a
+        # !!python tag): the run goes on, its options are not recorded.
+        logger.warning(
+            "%s cannot be read as plain YAML (%s): the options of this run "
+            "are not stored with its checkpoints nor compared on resume",
+            hparams_file,
+            str(error).splitlines()[0],
+        )
+        return None
     _merge(tree, overrides or {})
     for name, default in MATHS_RUN_OPTIONS.items():
         tree[name] = effective_option(name, hparams, run_opts, default)

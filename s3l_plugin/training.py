@@ -677,8 +677,10 @@ def start_experiment(hparams_file, run_opts, overrides, restart=False):
         OutputFolderLock(hparams["output_folder"]).acquire()
         if restart and checkpointer is not None:
             move_checkpoints_aside(checkpointer.checkpoints_dir)
+    options = None
     if checkpointer is not None:
         options = training_options(hparams_file, overrides, hparams, run_opts)
+    if options is not None:
         checkpointer.add_recoverable(
             "training_options", TrainingOptions(options), optional_load=True
         )
