@@ -418,6 +418,9 @@ class S3LBrain(sb.Brain):
             super().on_fit_start()
         except (CheckpointMismatchError, CheckpointLoadError) as error:
             raise ConfigError(str(error)) from error
+        resumed = getattr(self.checkpointer, "resumed", None)
+        if resumed is not None:
+            logger.info("Resuming from %s", resumed.path)
         self._check_resumed_options()
 
     def _check_resumed_options(self):
