@@ -13,15 +13,20 @@ this module adds the rest:
 - :class:`AtomicCheckpointer`: a checkpoint becomes visible only once all
   of its files are written, so a kill during a save leaves the previous
   checkpoint as the one to resume from (declared in the recipes' YAML);
-- :func:`check_checkpoint_compatible` and :func:`state_dict_difference`: a
-  checkpoint written by another architecture stops the run at start-up
-  with a clear message (:class:`CheckpointMismatchError`);
-- a checkpoint file that cannot be read back (damaged, or holding objects
-  other than tensors and plain data, which are never unpickled) stops the
-  run naming the file (:class:`CheckpointLoadError`).
+- resume from the newest checkpoint that loads completely
+  (:meth:`AtomicCheckpointer.recover_if_possible`): every file is read
+  back before any is loaded, and a checkpoint with a file that cannot be
+  (damaged, or holding objects other than tensors and plain data, which
+  are never unpickled) is named in a warning and passed over for the
+  older one; with none usable the run stops (:class:`CheckpointLoadError`),
+  never starts afresh silently;
+- a checkpoint written by another architecture stops the run at start-up
+  with a clear message (:class:`CheckpointMismatchError`,
+  :func:`state_dict_difference`).
 """
 
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -32,8 +37,10 @@ import numpy
 import torch
 import yaml
 from speechbrain.utils.checkpoints import (
+    CKPT_PREFIX,
     DEFAULT_LOAD_HOOKS,
     METAFNAME,
+    PARAMFILE_EXT,
     Checkpoint,
     Checkpointer,
     get_default_hook,
@@ -47,6 +54,9 @@ from s3l_plugin.distributed import rank_and_world_size
 
 logger = logging.getLogger(__name__)
 
+# torch.save writes zip files.
+ZIP_MAGIC = b"PK\x03\x04"
+
 # A checkpoint is written in this sub-folder of the checkpoints folder and
 # moved out of it once complete. SpeechBrain lists only the folders holding
 # a meta file directly, so it never sees a checkpoint being written.
@@ -58,7 +68,27 @@ class CheckpointMismatchError(ValueError):
 
 
 class CheckpointLoadError(ValueError):
-    """A checkpoint file that cannot be read back; the message names it."""
+    """A checkpoint that cannot be resumed; the message names the file.
+
+    Arguments
+    ---------
+    message : str
+        ``cannot resume from <file>: <problem>``, and what to do.
+    problem : str
+        What is wrong with the file.
+    """
+
+    def __init__(self, message, problem=""):
+        super().__init__(message)
+        self.message = message
+        self.problem = problem
+
+
+# What a user can do when no checkpoint can be resumed.
+START_AFRESH = (
+    "pass --restart to move the checkpoints aside and start afresh, or use "
+    "another --output_folder"
+)
 
 
 def load_error(path, error):
@@ -78,7 +108,7 @@ def load_error(path, error):
     Example
     -------
     >>> load_error("save/CKPT+1/counter.ckpt", ValueError("bad int"))
-    CheckpointLoadError('cannot resume from save/CKPT+1/counter.ckpt: ...')
+    CheckpointLoadError('cannot resume from save/CKPT+1/counter.ckpt: Val...')
     """
     if isinstance(error, pickle.UnpicklingError):
         # torch.load(weights_only=True) refused it. torch's own message
@@ -88,15 +118,12 @@ def load_error(path, error):
             "never unpickled (a damaged or tampered file)"
         )
     else:
+        # The first sentence: torch's own messages go on with advice.
         detail = str(error).strip().splitlines()
         problem = f"{type(error).__name__}" + (
-            f": {detail[0]}" if detail else ""
+            f": {detail[0].split('. ')[0]}" if detail else ""
         )
-    return CheckpointLoadError(
-        f"cannot resume from {path}: {problem}; delete its checkpoint "
-        "folder to resume from an older one, or use another "
-        "--output_folder to start afresh"
-    )
+    return CheckpointLoadError(f"cannot resume from {path}: {problem}", problem)
 
 
 class PerRankState:
@@ -222,6 +249,47 @@ class RandomState(PerRankState):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@register_checkpoint_hooks
+class TrainingOptions:
+    """The options a run trains with, checkpointed (JSON) for comparison.
+
+    A resumed run compares its own options with ``saved``, those of the
+    checkpoint it resumed (``s3l_plugin.config.check_resumed_options``).
+
+    Arguments
+    ---------
+    options : dict
+        Plain data (``s3l_plugin.config.training_options``).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "options.ckpt")
+    >>> TrainingOptions({"lr": 0.1}).save(path)
+    >>> resumed = TrainingOptions({"lr": 0.2})
+    >>> resumed.load(path)
+    >>> resumed.saved
+    {'lr': 0.1}
+    """
+
+    def __init__(self, options):
+        self.options = options
+        self.saved = None  # until a checkpoint is loaded
+
+    @mark_as_saver
+    def save(self, path):
+        """Writes the run's options."""
+        with open(path, "w", encoding="utf-8") as fout:
+            json.dump(self.options, fout, sort_keys=True)
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        """Reads the checkpoint's options into ``saved``."""
+        del end_of_epoch  # the same at an epoch's end
+        with open(path, encoding="utf-8") as fin:
+            self.saved = json.load(fin)
+
+
 class AtomicCheckpointer(Checkpointer):
     """A Checkpointer whose checkpoints appear only once complete.
 
@@ -248,6 +316,10 @@ class AtomicCheckpointer(Checkpointer):
     >>> sorted(os.listdir(checkpoint.path))
     ['CKPT.yaml', 'layer.ckpt']
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resumed = None  # the checkpoint recover_if_possible loaded
 
     def save_checkpoint(self, *args, **kwargs):
         """Saves as ``Checkpointer.save_checkpoint``, all or nothing."""
@@ -286,22 +358,169 @@ class AtomicCheckpointer(Checkpointer):
         return checkpoint
 
     def list_checkpoints(self):
-        """SpeechBrain's list, once every meta file is checked.
+        """SpeechBrain's list, without the folders whose meta file is bad.
+
+        Each ``CKPT.yaml`` is read with ``yaml.safe_load`` and checked
+        (:func:`check_meta_file`); a folder whose meta file is not a
+        checkpoint's is left out here (SpeechBrain would stop on it) and
+        named by :meth:`recover_if_possible`.
 
         Returns
         -------
         list of Checkpoint
+        """
+        checkpoints = []
+        for folder in sorted(self.checkpoints_dir.iterdir()):
+            meta_file = folder / METAFNAME
+            if not (
+                folder.name.startswith(CKPT_PREFIX) and meta_file.is_file()
+            ):
+                continue
+            try:
+                meta = check_meta_file(meta_file)
+            except CheckpointLoadError:
+                continue
+            paramfiles = {
+                path.stem: path
+                for path in folder.iterdir()
+                if path.suffix == PARAMFILE_EXT
+            }
+            checkpoints.append(Checkpoint(folder, meta, paramfiles))
+        return checkpoints
+
+    def unlisted_folders(self):
+        """Checkpoint folders that :meth:`list_checkpoints` leaves out.
+
+        Returns
+        -------
+        list of str
+            For each folder, why: it has no ``CKPT.yaml``, or what is wrong
+            in it.
+        """
+        unlisted = []
+        for folder in sorted(self.checkpoints_dir.iterdir()):
+            if not (folder.is_dir() and folder.name.startswith(CKPT_PREFIX)):
+                continue
+            meta_file = folder / METAFNAME
+            if not meta_file.is_file():
+                unlisted.append(f"cannot resume from {folder}: no {METAFNAME}")
+                continue
+            try:
+                check_meta_file(meta_file)
+            except CheckpointLoadError as error:
+                unlisted.append(error.message)
+        return unlisted
+
+    def check_checkpoint(self, checkpoint):
+        """Reads every file of ``checkpoint`` back, changing nothing.
+
+        So that a damaged checkpoint is found before any of its files is
+        loaded into the run (a half-loaded one would leave some of its
+        state behind when an older checkpoint is loaded instead). Files
+        written by ``torch.save`` are read (memory-mapped) with
+        ``weights_only=True``, and the modules' against their state dicts;
+        the others (SpeechBrain's counters) must be plain YAML.
+
+        Arguments
+        ---------
+        checkpoint : Checkpoint
+            From :meth:`list_checkpoints`.
 
         Raises
         ------
         CheckpointLoadError
-            Naming a ``CKPT.yaml`` that is not a checkpoint's meta data.
+            Naming a missing or unreadable file.
+        CheckpointMismatchError
+            If a module file was written by another architecture.
         """
-        for folder in self.checkpoints_dir.iterdir():
-            meta = folder / METAFNAME
-            if folder.is_dir() and meta.is_file():
-                check_meta_file(meta)
-        return super().list_checkpoints()
+        for name, obj in self.recoverables.items():
+            path = checkpoint.paramfiles.get(name)
+            if path is None:
+                if self.optional_recoverables.get(name) or "dataloader" in name:
+                    continue  # as SpeechBrain's load_checkpoint
+                raise load_error(
+                    checkpoint.path / f"{name}{PARAMFILE_EXT}",
+                    FileNotFoundError("the file is missing"),
+                )
+            saved = _read_back(path)
+            if isinstance(obj, torch.nn.Module):
+                problem = state_dict_difference(saved, obj.state_dict())
+                if problem:
+                    raise CheckpointMismatchError(
+                        f"the checkpoint {checkpoint.path} does not fit this "
+                        f"model ({name}: {problem}); it was written by "
+                        "another configuration: pass --restart to move its "
+                        "checkpoints aside and start afresh, or use another "
+                        "--output_folder"
+                    )
+
+    def recover_if_possible(
+        self,
+        importance_key=None,
+        max_key=None,
+        min_key=None,
+        ckpt_predicate=None,
+    ):
+        """Loads the best checkpoint that loads completely, if there is one.
+
+        As ``Checkpointer.recover_if_possible`` (the same choice of
+        checkpoint), except that a checkpoint whose files cannot be read
+        back is passed over, with a warning naming it and why, for the
+        next one in the same order (the older one, by default).
+
+        Arguments
+        ---------
+        importance_key, max_key, min_key, ckpt_predicate
+            As for ``Checkpointer.recover_if_possible``.
+
+        Returns
+        -------
+        Checkpoint or None
+            The checkpoint loaded (also kept in ``self.resumed``); None if
+            there is none to load.
+
+        Raises
+        ------
+        CheckpointLoadError
+            If checkpoints exist but none can be loaded, or if the
+            checkpoints folder holds checkpoint folders none of which has
+            a valid ``CKPT.yaml`` (never a silent start from scratch).
+        CheckpointMismatchError
+            If a checkpoint was written by another architecture.
+        """
+        for problem in self.unlisted_folders():
+            logger.warning("%s; the folder is ignored", problem)
+        candidates = self.find_checkpoints(
+            importance_key, max_key, min_key, ckpt_predicate
+        )
+        failures = []
+        for checkpoint in candidates:
+            try:
+                self.check_checkpoint(checkpoint)
+                self.load_checkpoint(checkpoint)
+            except CheckpointLoadError as error:
+                failures.append(error)
+                logger.warning("%s; trying the next checkpoint", error)
+                continue
+            self.resumed = checkpoint
+            return checkpoint
+        if failures:
+            older = ""
+            if len(failures) > 1:
+                older = f"; nor from the other {len(failures) - 1}"
+            raise CheckpointLoadError(
+                f"{failures[0].message}{older}; {START_AFRESH}",
+                failures[0].problem,
+            )
+        unlisted = self.unlisted_folders()
+        if unlisted and ckpt_predicate is None and not (max_key or min_key):
+            raise CheckpointLoadError(
+                f"{unlisted[-1]} ({self.checkpoints_dir} holds "
+                f"{len(unlisted)} checkpoint folders, none with a valid "
+                f"{METAFNAME}); {START_AFRESH}"
+            )
+        logger.info("No checkpoint to resume from: training starts afresh")
+        return None
 
     def load_checkpoint(self, checkpoint):
         """Loads as ``Checkpointer.load_checkpoint``, naming a bad file.
@@ -371,6 +590,11 @@ def check_meta_file(path):
     path : pathlib.Path
         The meta file.
 
+    Returns
+    -------
+    dict
+        The meta data.
+
     Raises
     ------
     CheckpointLoadError
@@ -387,6 +611,29 @@ def check_meta_file(path):
         raise load_error(
             path, ValueError("not a checkpoint's meta data (unixtime...)")
         )
+    return meta
+
+
+def _read_back(path):
+    """What ``path`` holds: a ``torch.save`` file, or else plain YAML."""
+    try:
+        with open(path, "rb") as fin:
+            torch_file = fin.read(4) == ZIP_MAGIC
+        if torch_file:
+            saved = torch.load(
+                path, map_location="cpu", weights_only=True, mmap=True
+            )
+        else:
+            with open(path, encoding="utf-8") as fin:
+                saved = yaml.safe_load(fin)
+    except UnicodeDecodeError as error:
+        problem = ValueError("neither a torch.save file nor text (damaged)")
+        raise load_error(path, problem) from error
+    except Exception as error:
+        raise load_error(path, error) from error
+    if saved is None:
+        raise load_error(path, ValueError("the file is empty"))
+    return saved
 
 
 def _fsync(path):
@@ -396,70 +643,6 @@ def _fsync(path):
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def check_checkpoint_compatible(checkpointer):
-    """Checks that the latest checkpoint fits the recoverable modules.
-
-    A save folder holding a checkpoint of another architecture (another
-    ``d_model``, another number of layers...) would otherwise fail deep in
-    ``recover_if_possible`` with a long ``state_dict`` error.
-
-    Arguments
-    ---------
-    checkpointer : speechbrain.utils.checkpoints.Checkpointer
-        With its module recoverables registered.
-
-    Returns
-    -------
-    str or None
-        The checkpoint folder that will be resumed, None if there is none.
-
-    Raises
-    ------
-    CheckpointMismatchError
-        Naming the checkpoint, the first difference and what to do.
-    CheckpointLoadError
-        Naming a module file that cannot be read back.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> old = Checkpointer(folder, {"model": torch.nn.Linear(2, 3)})
-    >>> _ = old.save_checkpoint()
-    >>> new = Checkpointer(folder, {"model": torch.nn.Linear(2, 4)})
-    >>> check_checkpoint_compatible(new)
-    Traceback (most recent call last):
-    ...
-    s3l_plugin.checkpointing.CheckpointMismatchError: the checkpoint ...
-    """
-    checkpoint = checkpointer.find_checkpoint()
-    if checkpoint is None:
-        return None
-    for name, obj in checkpointer.recoverables.items():
-        if not isinstance(obj, torch.nn.Module):
-            continue
-        path = checkpoint.paramfiles.get(name)
-        if path is None:
-            if checkpointer.optional_recoverables.get(name):
-                continue
-            problem = f"it has no {name}.ckpt"
-        else:
-            try:
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as error:
-                raise load_error(path, error) from error
-            problem = state_dict_difference(saved, obj.state_dict())
-            problem = f"{name}: {problem}" if problem else ""
-        if problem:
-            raise CheckpointMismatchError(
-                f"the checkpoint {checkpoint.path} does not fit this model "
-                f"({problem}); it was written by another configuration: "
-                "use another --output_folder, or delete "
-                f"{checkpointer.checkpoints_dir} to start afresh"
-            )
-    return str(checkpoint.path)
 
 
 def state_dict_difference(saved, expected):

@@ -6,11 +6,15 @@ SpeechBrain's run options keep SpeechBrain's meaning and precedence
 (default < YAML < command line).
 """
 
+import json
 import logging
 import os
+import re
 import sys
 
+import speechbrain as sb
 import torch
+import yaml
 from hyperpyyaml import load_hyperpyyaml
 
 logger = logging.getLogger(__name__)
@@ -306,6 +310,273 @@ def load_yaml(hparams_file, overrides):
     except (ValueError, TypeError, OSError) as error:
         # E.g. a pretrained_path without encoder_config.json.
         raise ConfigError(f"{hparams_file}: {error}") from error
+
+
+# What may change when a run is resumed: the top-level YAML keys that say
+# where things are, how fast or how often to save and log, and how the
+# finetuned model is tested. Every other key (and the run options in
+# MATHS_RUN_OPTIONS) changes what is trained (docs/ARCHITECTURE.md,
+# "Resuming").
+RESUME_FREE_KEYS = frozenset(
+    {
+        "output_folder",
+        "save_folder",
+        "csv_folder",
+        "train_log",
+        "data_folder",
+        "mini_corpus_folder",
+        "pretrained_path",
+        "skip_prep",
+        "number_of_epochs",
+        "precision",
+        "ckpt_interval_minutes",
+        "ckpt_interval_steps",
+        "checkpoints_to_keep",
+        "log_interval",
+        "num_workers",
+        "valid_batch_size",
+        "test_batch_size",
+        "test_splits",
+        "attention_backend",
+        "conv_impl",
+        "best_key",
+        "beam_search",
+        "lexicon_path",
+        "lm_path",
+        "lm_order",
+        "beam_size",
+        "lm_weight",
+        "word_score",
+        "tune_decoder",
+        "tune_lm_weights",
+        "tune_word_scores",
+    }
+)
+# Run options that change what is trained (SpeechBrain's defaults).
+MATHS_RUN_OPTIONS = {"grad_accumulation_factor": 1, "max_grad_norm": 5.0}
+# The one option a resume may change, by growing it.
+EXTENSIBLE_KEY = "total_steps"
+
+
+class _TaggedLoader(yaml.SafeLoader):
+    """Reads HyperPyYAML as plain data: ``!new:f {..}`` is ``{"!new:f":..}``.
+
+    References stay unresolved (``{"!ref": "<lr>"}``), so that a changed
+    ``lr`` is one difference, not one per place that uses it.
+    """
+
+
+def _tagged(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {"!" + suffix: value}
+
+
+_TaggedLoader.add_multi_constructor("!", _tagged)
+# Floats as YAML 1.2 (and HyperPyYAML) read them: 1e-3 is a number.
+_TaggedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def _merge(tree, overrides):
+    """Applies ``overrides`` to ``tree`` as HyperPyYAML does.
+
+    A mapping given for a tagged one (``--encoder={d_ffn: 64}``) goes into
+    its arguments.
+    """
+    for key, value in overrides.items():
+        target = tree.get(key)
+        if _is_tagged(target) and not _is_tagged(value):
+            target = next(iter(target.values()))
+        if isinstance(value, dict) and isinstance(target, dict):
+            _merge(target, value)
+        else:
+            tree[key] = value
+
+
+def _is_tagged(value):
+    return (
+        isinstance(value, dict)
+        and len(value) == 1
+        and str(next(iter(value))).startswith("!")
+    )
+
+
+def training_options(hparams_file, overrides, hparams, run_opts):
+    """What a resumed run must share with its checkpoint, as plain data.
+
+    The YAML with the command line's overrides, its references left
+    unresolved, less :data:`RESUME_FREE_KEYS`; plus the run options of
+    :data:`MATHS_RUN_OPTIONS` as ``Brain`` will use them.
+
+    Arguments
+    ---------
+    hparams_file : str
+        The YAML file.
+    overrides : str or dict
+        Command-line overrides (YAML text or a dict).
+    hparams : dict
+        The loaded YAML.
+    run_opts : RunOptions or dict
+        From ``sb.parse_arguments``.
+
+    Returns
+    -------
+    dict or None
+        JSON-serialisable; None (with a warning) if the YAML is not plain
+        YAML.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "hp.yaml")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("lr: 0.1\\nopt: !name:torch.optim.SGD {lr: !ref <lr>}")
+    >>> training_options(path, "lr: 0.2", {}, {})["opt"]
+    {'!name:torch.optim.SGD': {'lr': {'!ref': '<lr>'}}}
+    """
+    try:
+        with open(hparams_file, encoding="utf-8") as fin:
+            tree = yaml.load(fin, Loader=_TaggedLoader) or {}
+        if isinstance(overrides, str):
+            overrides = yaml.load(overrides, Loader=_TaggedLoader)
+    except yaml.YAMLError as error:
+        # YAML that HyperPyYAML reads but plain YAML does not (e.g. a
+        # !!python tag): the run goes on, its options are not recorded.
+        logger.warning(
+            "%s cannot be read as plain YAML (%s): the options of this run "
+            "are not stored with its checkpoints nor compared on resume",
+            hparams_file,
+            str(error).splitlines()[0],
+        )
+        return None
+    _merge(tree, overrides or {})
+    for name, default in MATHS_RUN_OPTIONS.items():
+        tree[name] = effective_option(name, hparams, run_opts, default)
+    tree = {k: v for k, v in tree.items() if k not in RESUME_FREE_KEYS}
+    return json.loads(json.dumps(tree, sort_keys=True, default=str))
+
+
+def _flatten(tree, prefix=""):
+    """``{"a.b": leaf}``; a tagged node's tag is its own leaf."""
+    if _is_tagged(tree):
+        ((tag, value),) = tree.items()
+        if not isinstance(value, dict):
+            return {prefix: f"{tag} {json.dumps(value)}"}
+        return {prefix: tag, **_flatten(value, prefix)}
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def check_resumed_options(saved, current, checkpoint):
+    """Compares the run's options with those its checkpoint was trained with.
+
+    Arguments
+    ---------
+    saved : dict
+        :func:`training_options` stored with the checkpoint.
+    current : dict
+        This run's.
+    checkpoint : str
+        The checkpoint folder, for the messages.
+
+    Returns
+    -------
+    int or None
+        The checkpoint's ``total_steps`` if this run extends it (the
+        schedules must then be rebuilt), else None.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first changed option, its old and new values; a
+        ``total_steps`` may only grow.
+
+    Example
+    -------
+    >>> check_resumed_options({"total_steps": 9}, {"total_steps": 12}, "c")
+    9
+    >>> check_resumed_options({"lr": 0.1}, {"lr": 0.2}, "c")
+    Traceback (most recent call last):
+    ...
+    s3l_plugin.config.ConfigError: lr was 0.1 in the checkpoint c, now 0.2: ...
+    """
+    old, new = _flatten(saved), _flatten(current)
+    unmatched = sorted(set(old) ^ set(new))
+    if unmatched:
+        logger.warning(
+            "Options not compared with the checkpoint %s (in only one of "
+            "the two): %s",
+            checkpoint,
+            ", ".join(unmatched),
+        )
+    changed = [k for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+    extended = None
+    if EXTENSIBLE_KEY in changed:
+        try:
+            grows = int(new[EXTENSIBLE_KEY]) > int(old[EXTENSIBLE_KEY])
+        except (TypeError, ValueError):
+            grows = False
+        if grows:
+            changed.remove(EXTENSIBLE_KEY)
+            extended = int(old[EXTENSIBLE_KEY])
+    if not changed:
+        return extended
+    key = changed[0]
+    more = ""
+    if len(changed) > 1:
+        more = f" (and {len(changed) - 1} more: {', '.join(changed[1:4])})"
+    hint = "it can only grow on resume" if key == EXTENSIBLE_KEY else ""
+    raise ConfigError(
+        f"{key} was {_show(old[key])} in the checkpoint {checkpoint}, now "
+        f"{_show(new[key])}{more}: a resumed run keeps the options it was "
+        f"trained with{' (' + hint + ')' if hint else ''}; resume with the "
+        "old value, or pass --restart to move the checkpoints aside and "
+        "start afresh, or use another --output_folder"
+    )
+
+
+def _show(value):
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+def parse_arguments(argv):
+    """SpeechBrain's ``parse_arguments``, plus ``--restart``.
+
+    Arguments
+    ---------
+    argv : list of str
+        Command-line arguments (YAML file, then options).
+
+    Returns
+    -------
+    hparams_file, run_opts, overrides
+        As ``sb.parse_arguments``.
+    restart : bool
+        Whether ``--restart`` was given (see ``start_experiment``).
+
+    Example
+    -------
+    >>> parse_arguments(["hp.yaml", "--restart", "--lr=0.1"])[2:]
+    ('lr: 0.1', True)
+    """
+    restart = "--restart" in argv
+    argv = [arg for arg in argv if arg != "--restart"]
+    return (*sb.parse_arguments(argv), restart)
 
 
 def run_cli(run, argv):

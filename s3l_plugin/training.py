@@ -29,13 +29,20 @@ that SpeechBrain's own ``fit_batch`` runs every batch that holds data:
   rerunning the command resumes exactly. A second signal stops at once.
 - Exact resume: the random generators and counters of every process are
   checkpointed; an interrupted save is cleaned up and a checkpoint of
-  another architecture stops the run at start-up.
+  another architecture stops the run at start-up. A damaged checkpoint is
+  passed over for the newest one that loads completely; with none, the
+  run stops (``--restart`` moves the checkpoints aside to start afresh).
+- Options that change what is trained are stored with each checkpoint
+  and compared on resume: a changed one stops the run naming it, except
+  a larger ``total_steps``, for which the schedules are rebuilt
+  (:meth:`S3LBrain.on_total_steps_extended`).
 - An optional cost report (``cost.json``, :mod:`s3l_plugin.cost`).
 
 :func:`start_experiment` is the start-up both recipes share.
 """
 
 import logging
+import os
 import random
 import signal
 import threading
@@ -54,16 +61,19 @@ from s3l_plugin.checkpointing import (
     CheckpointMismatchError,
     PerRankState,
     RandomState,
-    check_checkpoint_compatible,
+    TrainingOptions,
 )
 from s3l_plugin.config import (
+    EXTENSIBLE_KEY,
     ConfigError,
     NonFiniteError,
     RunInterrupted,
+    check_resumed_options,
     check_run_options,
     load_yaml,
     resolve_auto_precision,
     resolve_checkpoint_interval,
+    training_options,
 )
 from s3l_plugin.cost import CostTracker
 from s3l_plugin.data.audio import EmptyBatch
@@ -389,29 +399,71 @@ class S3LBrain(sb.Brain):
 
     # ---- Stages ------------------------------------------------------------
     def on_fit_start(self):
-        """Sets the signal handlers, cleans up an interrupted save and
-        checks the checkpoint fits.
+        """Sets the signal handlers and cleans up an interrupted save.
 
-        Then SpeechBrain's start (optimizers, recovery).
+        Then SpeechBrain's start (optimizers, recovery from the newest
+        checkpoint that loads completely), and the comparison of the
+        run's options with the checkpoint's.
 
         Raises
         ------
         ConfigError
-            If the latest checkpoint was written by another architecture,
-            or one of its files cannot be read back (damaged, or holding
-            more than tensors and plain data).
+            If no checkpoint can be resumed though some exist, one was
+            written by another architecture, or an option that changes
+            what is trained differs from the checkpoint's.
         """
         self.install_signal_handlers()
         if isinstance(self.checkpointer, AtomicCheckpointer):
             self.checkpointer.remove_incomplete()
         try:
-            if self.checkpointer is not None:
-                resumed = check_checkpoint_compatible(self.checkpointer)
-                if resumed:
-                    logger.info("Resuming from %s", resumed)
             super().on_fit_start()
         except (CheckpointMismatchError, CheckpointLoadError) as error:
             raise ConfigError(str(error)) from error
+        resumed = getattr(self.checkpointer, "resumed", None)
+        if resumed is not None:
+            logger.info("Resuming from %s", resumed.path)
+        self._check_resumed_options()
+
+    def _check_resumed_options(self):
+        record = None
+        if self.checkpointer is not None:
+            record = self.checkpointer.recoverables.get("training_options")
+        resumed = getattr(self.checkpointer, "resumed", None)
+        if record is None or resumed is None:
+            return
+        if record.saved is None:
+            logger.warning(
+                "The checkpoint has no record of its training options "
+                "(written by an older version): they are not compared"
+            )
+            return
+        previous = check_resumed_options(
+            record.saved, record.options, str(resumed.path)
+        )
+        if previous is not None:
+            logger.warning(
+                "%s extended from %d to %d: the schedules follow the new "
+                "total from optimizer step %d on",
+                EXTENSIBLE_KEY,
+                previous,
+                int(record.options[EXTENSIBLE_KEY]),
+                self.optimizer_step,
+            )
+            self.on_total_steps_extended(previous)
+
+    def on_total_steps_extended(self, previous):
+        """Rebuilds what a checkpoint holds of the old ``total_steps``.
+
+        Called after a resume with a larger ``total_steps``. Schedules
+        computed from ``hparams.total_steps`` at each step need nothing
+        (the default); a checkpointed scheduler must be rebuilt for the
+        new total, at ``self.optimizer_step``.
+
+        Arguments
+        ---------
+        previous : int
+            The checkpoint's ``total_steps``.
+        """
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Signals act at once again (training is over); then SpeechBrain's.
@@ -420,9 +472,17 @@ class S3LBrain(sb.Brain):
         ---------
         max_key, min_key : str, optional
             As for ``Brain.on_evaluate_start``.
+
+        Raises
+        ------
+        ConfigError
+            If no checkpoint to evaluate can be loaded.
         """
         self.restore_signal_handlers()
-        super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        try:
+            super().on_evaluate_start(max_key=max_key, min_key=min_key)
+        except (CheckpointMismatchError, CheckpointLoadError) as error:
+            raise ConfigError(str(error)) from error
 
     def on_stage_start(self, stage, epoch=None):
         """Starts the accumulation window and checkpoint interval afresh.
@@ -585,20 +645,22 @@ def seed_rank(seed, rank):
     torch.manual_seed(derived)
 
 
-def start_experiment(hparams_file, run_opts, overrides):
+def start_experiment(hparams_file, run_opts, overrides, restart=False):
     """What every recipe does before its output folder exists.
 
     Loads the YAML (which builds the modules, alike on every rank), checks
     the run options, locks the output folder against a second run (main
-    process, until it exits), starts DDP and gives each rank its own
+    process, until it exits), moves the old checkpoints aside if
+    ``restart``, registers the run's options with the checkpointer (see
+    :meth:`S3LBrain.on_fit_start`), starts DDP and gives each rank its own
     random streams.
     The recipe then calls ``sb.create_experiment_directory`` itself, so
     that SpeechBrain copies the recipe script into the output folder.
 
     Arguments
     ---------
-    hparams_file, run_opts, overrides
-        From ``sb.parse_arguments``.
+    hparams_file, run_opts, overrides, restart
+        From ``s3l_plugin.config.parse_arguments``.
 
     Returns
     -------
@@ -615,8 +677,53 @@ def start_experiment(hparams_file, run_opts, overrides):
     resolve_auto_precision(hparams, run_opts)
     check_run_options(hparams, run_opts)
     resolve_checkpoint_interval(hparams, run_opts)
+    checkpointer = hparams.get("checkpointer")
     if rank_and_world_size()[0] == 0:
         OutputFolderLock(hparams["output_folder"]).acquire()
+        if restart and checkpointer is not None:
+            move_checkpoints_aside(checkpointer.checkpoints_dir)
+    options = None
+    if checkpointer is not None:
+        options = training_options(hparams_file, overrides, hparams, run_opts)
+    if options is not None:
+        checkpointer.add_recoverable(
+            "training_options", TrainingOptions(options), optional_load=True
+        )
     sb.utils.distributed.ddp_init_group(run_opts)
     seed_rank(hparams["seed"], rank_and_world_size()[0])
     return hparams
+
+
+def move_checkpoints_aside(folder):
+    """Renames a checkpoints folder, for ``--restart`` (main process).
+
+    Moved, not deleted: a mistaken ``--restart`` loses nothing.
+
+    Arguments
+    ---------
+    folder : pathlib.Path or str
+        The checkpoints folder; an empty one is left in its place.
+
+    Returns
+    -------
+    str or None
+        Where the old folder is now; None if there was nothing to move.
+    """
+    folder = str(folder).rstrip(os.sep)
+    if not os.path.isdir(folder) or not os.listdir(folder):
+        logger.info("--restart: no checkpoints in %s", folder)
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = f"{folder}.before-restart-{stamp}"
+    for index in range(1, 1000):
+        if not os.path.exists(moved):
+            break
+        moved = f"{folder}.before-restart-{stamp}-{index}"
+    os.replace(folder, moved)
+    os.makedirs(folder)
+    logger.warning(
+        "--restart: the checkpoints of the previous run are moved to %s "
+        "(delete it once not needed); training starts afresh",
+        moved,
+    )
+    return moved

@@ -5,6 +5,9 @@ a subclass (:func:`with_test_hooks`) before its ``main`` runs.
 
 - ``S3L_TEST_CRASH_AFTER_STEPS=N`` ends the process abruptly (as ``kill
   -9`` would: no clean-up, no save) right after optimizer step N;
+- ``S3L_TEST_SLOW_SAVE=FILE`` makes every checkpoint save pause for a
+  moment halfway through its files, with ``FILE`` existing meanwhile (a
+  test kills the process then: a kill during a save);
 - ``S3L_TEST_DUMP_DIR=DIR`` makes every process write, at the end, the
   state dicts of its modules, the ids of its training batches (with their
   epoch) and its counters to ``DIR/rank<R>.pt``.
@@ -14,11 +17,13 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 
 import torch
 
 CRASH_ENV = "S3L_TEST_CRASH_AFTER_STEPS"
 DUMP_ENV = "S3L_TEST_DUMP_DIR"
+SLOW_SAVE_ENV = "S3L_TEST_SLOW_SAVE"
 CRASH_EXIT_CODE = 86
 
 
@@ -41,6 +46,13 @@ def with_test_hooks(brain_class):
             super().__init__(*args, **kwargs)
             self.batch_log = []
             self.crash_after = int(os.environ.get(CRASH_ENV) or 0)
+            if os.environ.get(SLOW_SAVE_ENV) and self.checkpointer:
+                self.checkpointer.add_recoverable(
+                    "slow_save",
+                    SlowSave(os.environ[SLOW_SAVE_ENV]),
+                    custom_load_hook=SlowSave.load,
+                    custom_save_hook=SlowSave.save,
+                )
 
         def on_fit_batch_start(self, batch, should_step):
             epoch = self.hparams.epoch_counter.current
@@ -56,6 +68,24 @@ def with_test_hooks(brain_class):
 
     Hooked.__name__ = brain_class.__name__
     return Hooked
+
+
+class SlowSave:
+    """A recoverable whose save takes a while, announced in ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def save(self, path):
+        with open(self.marker, "w", encoding="utf-8") as out:
+            out.write(str(path))
+        time.sleep(0.3)
+        os.remove(self.marker)
+        with open(path, "w", encoding="utf-8") as out:
+            out.write("1\n")
+
+    def load(self, path, end_of_epoch):
+        pass
 
 
 def load_recipe(path):

@@ -118,5 +118,5 @@ def test_stops_with_one_clear_line(failures, name):
     if isinstance(expected, tuple):
         expected, checkpoint = expected
         assert f"the checkpoint {checkpoint} does not fit" in lines[-1]
-        assert "use another --output_folder, or delete" in lines[-1]
+        assert "pass --restart to move its checkpoints aside" in lines[-1]
     assert expected.format(tmp=tmp) in lines[-1]

@@ -39,6 +39,7 @@ CHECKPOINT_FILES = [
     "random_state.ckpt",
     "student.ckpt",
     "teacher.ckpt",
+    "training_options.ckpt",
 ]
 
 

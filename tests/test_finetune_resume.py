@@ -64,6 +64,12 @@ def test_crashed_finetune_resumes_exactly(
     ) as f:
         assert "end-of-epoch" in yaml.safe_load(f)
 
+    # A changed option is refused (the shared training core), and the
+    # refused run leaves the checkpoints as they were.
+    refused = finetune_runner.run(output, *RUN_ARGS, "--lr_head=0.01")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "s3l: error: lr_head was 0.005 in the checkpoint" in (refused.stderr)
+
     dump = str(tmp_path / "dump")
     resumed = finetune_runner.run(output, *RUN_ARGS, env={DUMP_ENV: dump})
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -9,6 +9,7 @@ cross an epoch boundary. Parameters are compared bit for bit.
 import glob
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -19,7 +20,8 @@ import pytest
 import soundfile
 import torch
 import yaml
-from hooked_recipe import CRASH_EXIT_CODE, DUMP_ENV
+from conftest import ROOT
+from hooked_recipe import CRASH_EXIT_CODE, DUMP_ENV, SLOW_SAVE_ENV
 from speechbrain.augment.time_domain import AddNoise
 from speechbrain.utils.checkpoints import Checkpointer
 
@@ -288,3 +290,82 @@ def test_yaml_declares_the_atomic_checkpointer(tmp_path):
     ]
     assert os.listdir(tmp_path / "save" / STAGING_FOLDER) == []
     assert checkpointer.find_checkpoint().path == checkpoint.path
+
+
+def _last_logged_step(output):
+    log = os.path.join(output, "log.txt")
+    if not os.path.exists(log):
+        return 0
+    steps = logged_steps(output)
+    return steps[-1]["step"] if steps else 0
+
+
+def test_run_killed_at_random_moments_resumes_exactly(
+    pretrain_runner, uninterrupted, tmp_path
+):
+    """20+ kill -9s, most during a checkpoint save; then the same result.
+
+    Every optimizer step is checkpointed, and each save pauses halfway
+    through its files (``SLOW_SAVE_ENV``). A kill comes either during the
+    first or second save of the process, or at a random moment once it
+    trains. Once the run has made 6 of its 9 steps, the kills all fall in
+    the first save (no progress), so that the run is still unfinished
+    after 20 kills.
+    """
+    output = str(tmp_path / "out")
+    marker = str(tmp_path / "saving")
+    dump = str(tmp_path / "dump")
+    command = pretrain_runner.command(
+        output, *RUN_ARGS, "--ckpt_interval_steps=1"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.update({SLOW_SAVE_ENV: marker, DUMP_ENV: dump})
+    generator = random.Random(14)
+    kills = during_save = 0
+    for attempt in range(40):
+        if kills >= 20:
+            break
+        with open(tmp_path / f"stderr{attempt}", "w") as stderr:
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        draw = generator.random()
+        saves_to_wait = 1 if draw < 0.5 or _last_logged_step(output) >= 6 else 2
+        random_moment = draw >= 0.8 and _last_logged_step(output) < 6
+        start_step = _last_logged_step(output)
+        seen_saves, was_saving = 0, False
+        deadline = time.monotonic() + 300
+        while process.poll() is None:
+            assert time.monotonic() < deadline, "no progress in 300 s"
+            saving = os.path.exists(marker)
+            if random_moment and _last_logged_step(output) > start_step:
+                time.sleep(generator.uniform(0.0, 1.0))
+                break
+            if saving and not was_saving:
+                seen_saves += 1
+                if seen_saves == saves_to_wait:
+                    time.sleep(generator.uniform(0.0, 0.25))
+                    break
+            was_saving = saving
+            time.sleep(0.005)
+        if process.poll() is not None:  # ended on its own
+            with open(tmp_path / f"stderr{attempt}") as stderr:
+                assert process.returncode == 0, stderr.read()[-3000:]
+            break
+        during_save += os.path.exists(marker)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        kills += 1
+        if os.path.exists(marker):
+            os.remove(marker)
+    assert kills >= 20
+    assert during_save >= 10
+    final = pretrain_runner.run(
+        output, *RUN_ARGS, "--ckpt_interval_steps=1", env={DUMP_ENV: dump}
+    )
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_same_state(uninterrupted, load_dump(dump))

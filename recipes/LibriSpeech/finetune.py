@@ -37,7 +37,7 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from s3l_plugin.config import check_ctc_config, run_cli
+from s3l_plugin.config import check_ctc_config, parse_arguments, run_cli
 from s3l_plugin.ctc import ctc_feasible, ctc_loss, greedy_decode
 from s3l_plugin.data.audio import SkipBadAudioCollate, make_audio_pipeline
 from s3l_plugin.data.batching import (
@@ -386,8 +386,8 @@ def main(argv):
     S3LFinetune
         The trained (and tested) Brain.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    hparams = start_experiment(hparams_file, run_opts, overrides)
+    hparams_file, run_opts, overrides, restart = parse_arguments(argv)
+    hparams = start_experiment(hparams_file, run_opts, overrides, restart)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

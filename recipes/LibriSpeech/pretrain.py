@@ -34,7 +34,7 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process
 
-from s3l_plugin.config import run_cli
+from s3l_plugin.config import parse_arguments, run_cli
 from s3l_plugin.data.audio import SkipBadAudioCollate, make_audio_pipeline
 from s3l_plugin.data.batching import (
     eval_loader_kwargs,
@@ -108,6 +108,19 @@ class S3LPretrain(S3LBrain):
         self.optimizers_dict = {"optimizer": self.optimizer}
         self.lr_scheduler = self.hparams.lr_scheduler(self.optimizer)
         self.checkpointer.add_recoverable("optimizer", self.optimizer)
+        self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
+
+    def on_total_steps_extended(self, previous):
+        """A one-cycle schedule over the new ``total_steps``, at this step.
+
+        The checkpointed scheduler holds the old total (stepping it past
+        that fails); the one built here gives the lr the new schedule has
+        at ``optimizer_step`` (``last_epoch``, torch's way to resume).
+        """
+        del previous
+        self.lr_scheduler = self.hparams.lr_scheduler(
+            self.optimizer, last_epoch=self.optimizer_step - 1
+        )
         self.checkpointer.add_recoverable("lr_scheduler", self.lr_scheduler)
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
@@ -239,8 +252,8 @@ def main(argv):
     S3LPretrain
         The trained Brain.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    hparams = start_experiment(hparams_file, run_opts, overrides)
+    hparams_file, run_opts, overrides, restart = parse_arguments(argv)
+    hparams = start_experiment(hparams_file, run_opts, overrides, restart)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
