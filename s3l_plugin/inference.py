@@ -413,7 +413,9 @@ def write_asr_folder(folder, model, vocab, beam_search=None, card=""):
         id_offset = 1
     else:
         vocab.encoder.save(os.path.join(folder, "tokenizer.ckpt"))
-        tokenizer = "tokenizer: !new:speechbrain.dataio.encoder.CTCTextEncoder\n"
+        tokenizer = (
+            "tokenizer: !new:speechbrain.dataio.encoder.CTCTextEncoder\n"
+        )
         id_offset = 0
     parts = [
         ASR_HEADER,
