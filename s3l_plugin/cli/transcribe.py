@@ -67,6 +67,8 @@ def main(argv=None):
         overrides_must_match=False,
     )
     model = asr.mods.encoder.model
+    if hasattr(asr.tokenizer, "expect_len"):  # a CTCTextEncoder's labels
+        asr.tokenizer.expect_len(model.head.vocab_size)
     sample_rate = model.features.sample_rate
     min_seconds = model.encoder.min_input_seconds
     lines = []
