@@ -32,6 +32,7 @@ written to ``<output_folder>/cost.json``, projected to the paper's 60,000
 steps.
 """
 
+import copy
 import logging
 import os
 import sys
@@ -61,6 +62,7 @@ from s3l_plugin.decoding import (
 from s3l_plugin.distributed import unwrap_module
 from s3l_plugin.inference import write_asr_folder
 from s3l_plugin.lengths import relative_to_absolute
+from s3l_plugin.pretrained import load_state_dict_checked
 from s3l_plugin.training import S3LBrain, start_experiment
 from s3l_plugin.vocabulary import CharVocabulary, SubwordVocabulary
 
@@ -429,11 +431,16 @@ def write_inference_folder(brain, hparams, data_folder):
     With the weights of the checkpoint the test sets were decoded with
     (the best on validation ``best_key``) and the tuned decoder.
     """
-    brain.checkpointer.recover_if_possible(min_key=hparams["best_key"])
+    # A copy: the Brain keeps its state (the last step's, if no test set
+    # loaded the best checkpoint).
+    model = copy.deepcopy(unwrap_module(brain.modules.model))
+    best = brain.checkpointer.find_checkpoint(min_key=hparams["best_key"])
+    if best is not None:
+        load_state_dict_checked(model, best.paramfiles["model"])
     folder = os.path.join(hparams["output_folder"], "inference")
     write_asr_folder(
         folder,
-        brain.modules.model,
+        model,
         brain.vocab,
         beam_search=brain.decoder,
         card=model_card(brain, hparams, data_folder),
