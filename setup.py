@@ -30,6 +30,12 @@ setup(
         # KenLM and the lexicon decoder behind torchaudio's ctc_decoder.
         "flashlight-text>=0.0.7",
     ],
+    entry_points={
+        "console_scripts": [
+            "s3l-transcribe=s3l_plugin.cli.transcribe:main",
+            "s3l-extract=s3l_plugin.cli.extract:main",
+        ],
+    },
     extras_require={
         # flash-attn builds only against CUDA; CPU machines use torch SDPA.
         "flash": ["flash-attn>=2.5"],

@@ -149,6 +149,30 @@ def test_fit_writes_checkpoint_and_encoder(fitted):
         assert os.path.getsize(os.path.join(output, name)) > 0
 
 
+def test_inference_folder_loads_with_speechbrain(fitted, tiny_corpus, tmp_path):
+    """``WaveformEncoder.from_hparams`` gives the saved encoder's layers."""
+    from speechbrain.inference.encoders import WaveformEncoder
+
+    from s3l_plugin.pretrained import extract_features_from_file, load_encoder
+
+    _, output = fitted
+    folder = os.path.join(output, "inference")
+    card = open(os.path.join(folder, "README.md"), encoding="utf-8").read()
+    assert "Optimizer steps: 30" in card and "accuracy" in card
+    ssl = WaveformEncoder.from_hparams(source=folder, savedir=str(tmp_path))
+    wav = sorted(
+        glob.glob(
+            os.path.join(tiny_corpus, "test-clean", "**", "*.flac"),
+            recursive=True,
+        )
+    )[0]
+    expected, _ = extract_features_from_file(load_encoder(output), wav)
+    layers = ssl.encode_batch(ssl.load_audio(wav).unsqueeze(0), torch.ones(1))
+    assert len(layers["layers"]) == len(expected)
+    for got, want in zip(layers["layers"], expected):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_main_command_uses_the_mini_corpus_without_data_folder(
     pretrain_runner, tiny_corpus, tmp_path
 ):

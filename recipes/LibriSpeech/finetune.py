@@ -8,7 +8,10 @@ switch) and a character (or SentencePiece) vocabulary. Validation decodes
 greedily. After training, the validation split and the test sets are
 decoded greedily and, with ``beam_search``, by the paper's lexicon + n-gram
 beam search (its weights tuned on the validation split first); WERs go to
-``<output_folder>/wer_<split>.txt`` and ``wer_beam_<split>.txt``.
+``<output_folder>/wer_<split>.txt`` and ``wer_beam_<split>.txt``. The
+model is then written to ``<output_folder>/inference/`` as a SpeechBrain
+inference folder (``speechbrain.inference.ASR.EncoderASR.from_hparams``;
+``s3l_plugin.inference``).
 
 To run (paper configuration)::
 
@@ -29,6 +32,7 @@ written to ``<output_folder>/cost.json``, projected to the paper's 60,000
 steps.
 """
 
+import copy
 import logging
 import os
 import sys
@@ -56,7 +60,9 @@ from s3l_plugin.decoding import (
     tune_decoder,
 )
 from s3l_plugin.distributed import unwrap_module
+from s3l_plugin.inference import write_asr_folder
 from s3l_plugin.lengths import relative_to_absolute
+from s3l_plugin.pretrained import load_state_dict_checked
 from s3l_plugin.training import S3LBrain, start_experiment
 from s3l_plugin.vocabulary import CharVocabulary, SubwordVocabulary
 
@@ -373,6 +379,81 @@ def dataio_prepare(hparams, vocab, test_splits):
     return train, valid, tests, make_train_sampler(hparams, train)
 
 
+def model_card(brain, hparams, data_folder):
+    """The inference folder's README: data, steps and measured error rates."""
+    lines = [
+        "# S3L CTC speech recognizer",
+        "",
+        "An S3LSpeech encoder finetuned with CTC by "
+        "`recipes/LibriSpeech/finetune.py`. Load it with SpeechBrain:",
+        "",
+        "```python",
+        "from speechbrain.inference.ASR import EncoderASR",
+        "",
+        'asr = EncoderASR.from_hparams(source="<this folder or repo id>",',
+        '                              savedir="pretrained_models/s3l_asr")',
+        'asr.transcribe_file("utterance.wav")',
+        "```",
+        "",
+        "Decoding: "
+        + (
+            "the lexicon + n-gram beam search the recipe tested with "
+            f"(LM weight {brain.decoder.lm_weight}, word score "
+            f"{brain.decoder.word_score}); "
+            '`overrides={"beam_search": None}` decodes greedily.'
+            if brain.decoder is not None
+            else "greedy CTC."
+        ),
+        "",
+        f"- Pretrained encoder: `{hparams['pretrained_path']}`",
+        f"- Training data: `{data_folder}` "
+        f"({', '.join(hparams['train_splits'])}); validation "
+        f"{hparams['valid_split']}",
+        f"- Vocabulary: {hparams['vocab']} ({len(brain.vocab)} CTC outputs)",
+        f"- Optimizer steps: {brain.optimizer_step}; checkpoint selected on "
+        f"validation {hparams['best_key']}",
+        "",
+        "| split | WER greedy | CER greedy | WER beam search |",
+        "|---|---|---|---|",
+    ]
+    for split, stats in brain.test_results.items():
+        beam = stats.get("WER_beam")
+        lines.append(
+            f"| {split} | {stats['WER']:.2f} % | {stats['CER']:.2f} % | "
+            + (f"{beam:.2f} % |" if beam is not None else "- |")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_inference_folder(brain, hparams, data_folder):
+    """Writes ``<output_folder>/inference`` for SpeechBrain's ``EncoderASR``.
+
+    With the weights of the checkpoint the test sets were decoded with
+    (the best on validation ``best_key``) and the tuned decoder.
+    """
+    # A copy: the Brain keeps its state (the last step's, if no test set
+    # loaded the best checkpoint).
+    model = copy.deepcopy(unwrap_module(brain.modules.model))
+    best = brain.checkpointer.find_checkpoint(min_key=hparams["best_key"])
+    if best is not None:
+        load_state_dict_checked(model, best.paramfiles["model"])
+    folder = os.path.join(hparams["output_folder"], "inference")
+    write_asr_folder(
+        folder,
+        model,
+        brain.vocab,
+        beam_search=brain.decoder,
+        card=model_card(brain, hparams, data_folder),
+    )
+    logger.info(
+        "Inference folder written to %s (speechbrain.inference.ASR."
+        "EncoderASR.from_hparams(source=%r); s3l-transcribe %s AUDIO...)",
+        folder,
+        folder,
+        folder,
+    )
+
+
 def main(argv):
     """Runs the recipe; configuration mistakes raise ``ConfigError``.
 
@@ -462,6 +543,7 @@ def main(argv):
             ),
         )
     if if_main_process():
+        write_inference_folder(brain, hparams, data_folder)
         for split, stats in brain.test_results.items():
             line = f"{split} WER: {stats['WER']:.2f}% (greedy"
             if "WER_beam" in stats:

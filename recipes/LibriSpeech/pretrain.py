@@ -21,7 +21,10 @@ Rerunning an interrupted command resumes from its last checkpoint and ends
 with the same parameters as an uninterrupted run; unusable audio and
 non-finite steps are skipped and counted; configuration mistakes stop the
 run at start-up with one line, ``s3l: error: ...`` (see
-``s3l_plugin.training``).
+``s3l_plugin.training``). The encoder is written to the output folder
+(``encoder.ckpt``, ``encoder_config.json``) and, as a SpeechBrain inference
+folder, to ``<output_folder>/inference/``
+(``speechbrain.inference.encoders.WaveformEncoder.from_hparams``).
 """
 
 import json
@@ -47,6 +50,7 @@ from s3l_plugin.data.sources import (
     resolve_noise_csv,
 )
 from s3l_plugin.distributed import rank_and_world_size, unwrap_module
+from s3l_plugin.inference import write_encoder_folder
 from s3l_plugin.pretrained import save_encoder
 from s3l_plugin.pretraining import s3l_forward
 from s3l_plugin.training import S3LBrain, start_experiment
@@ -194,6 +198,7 @@ class S3LPretrain(S3LBrain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = stage_stats
             return
+        self.valid_stats = stage_stats
         self.hparams.train_logger.log_stats(
             stats_meta={
                 "epoch": epoch,
@@ -237,6 +242,44 @@ def dataio_prepare(hparams):
     sb.dataio.dataset.set_output_keys(datasets, ["id", "sig", "audio_error"])
     train, valid = datasets
     return train, valid, make_train_sampler(hparams, train)
+
+
+def model_card(brain, data_folder):
+    """The inference folder's README: data, steps, last validation."""
+    hparams = brain.hparams
+    valid = getattr(brain, "valid_stats", None)
+    measured = (
+        f"contrastive loss {valid['loss']:.4f}, accuracy "
+        f"{100 * valid['accuracy']:.2f} %"
+        if valid
+        else "not validated"
+    )
+    return "\n".join(
+        [
+            "# Pretrained S3L encoder",
+            "",
+            "An S3LSpeech student encoder pretrained by "
+            "`recipes/LibriSpeech/pretrain.py`. Per-layer features with "
+            "SpeechBrain:",
+            "",
+            "```python",
+            "from speechbrain.inference.encoders import WaveformEncoder",
+            "",
+            'ssl = WaveformEncoder.from_hparams(source="<this folder or '
+            'repo id>",',
+            '                                   savedir="pretrained_models/'
+            's3l")',
+            'last = ssl.encode_file("utterance.wav")  # (1, frames, d_model)',
+            "out = ssl.encode_batch(wavs, wav_lens)  # dict: every layer",
+            "```",
+            "",
+            f"- Training data: `{data_folder}` "
+            f"({', '.join(hparams.train_splits)})",
+            f"- Optimizer steps: {brain.optimizer_step}",
+            f"- Last validation: {measured}",
+            "",
+        ]
+    )
 
 
 def main(argv):
@@ -319,6 +362,17 @@ def main(argv):
             brain.skipped_audio,
             brain.nonfinite_steps,
             hparams["output_folder"],
+        )
+        folder = os.path.join(hparams["output_folder"], "inference")
+        write_encoder_folder(
+            folder, student.encoder, card=model_card(brain, data_folder)
+        )
+        logger.info(
+            "Inference folder written to %s (speechbrain.inference.encoders."
+            "WaveformEncoder.from_hparams(source=%r); s3l-extract %s ...)",
+            folder,
+            folder,
+            folder,
         )
     brain.write_cost()
     return brain
