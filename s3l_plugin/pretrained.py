@@ -19,10 +19,12 @@ Authors
 import json
 import logging
 import os
+import pickle
 
 import torch
 
 from s3l_plugin.checkpointing import (
+    CheckpointLoadError,
     CheckpointMismatchError,
     state_dict_difference,
 )
@@ -252,6 +254,14 @@ def load_state_dict_checked(module, path, map_location="cpu"):
     map_location : str or torch.device
         Where tensors are loaded.
 
+    Raises
+    ------
+    CheckpointLoadError
+        If ``path`` cannot be read back as tensors (damaged, not a torch
+        file, or holding objects that are never unpickled).
+    CheckpointMismatchError
+        If it holds another architecture's parameters.
+
     Example
     -------
     >>> import tempfile
@@ -260,7 +270,28 @@ def load_state_dict_checked(module, path, map_location="cpu"):
     >>> load_state_dict_checked(torch.nn.Linear(2, 3), path)
     """
     module = unwrap_module(module)
-    state_dict = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state_dict = torch.load(
+            path, map_location=map_location, weights_only=True
+        )
+    except pickle.UnpicklingError as error:
+        # weights_only refused it; torch's message suggests the unsafe load.
+        raise CheckpointLoadError(
+            f"cannot load {path}: it holds objects other than tensors and "
+            "plain data, which are never unpickled (a damaged or tampered "
+            "file)"
+        ) from error
+    except Exception as error:  # torch raises many types for a bad file
+        detail = (str(error).strip().splitlines() or [""])[0]
+        raise CheckpointLoadError(
+            f"cannot load {path}: not a readable torch file "
+            f"({type(error).__name__}: {detail})"
+        ) from error
+    if not isinstance(state_dict, dict):
+        raise CheckpointLoadError(
+            f"cannot load {path}: it holds a {type(state_dict).__name__}, "
+            "not a state_dict"
+        )
     problem = state_dict_difference(state_dict, module.state_dict())
     if problem:
         raise CheckpointMismatchError(
