@@ -103,8 +103,10 @@ def _is_number(value):
 
 
 def _is_int(value, lowest):
-    return isinstance(value, int) and not isinstance(value, bool) and (
-        value >= lowest
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value >= lowest)
     )
 
 
