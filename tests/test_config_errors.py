@@ -206,8 +206,7 @@ def test_stops_with_one_clear_line(failures, name):
 PRETRAINED_CASES = {
     "missing_folder": "Pretrained encoder not found: {path} is neither",
     "bad_json": "{path}/encoder_config.json: invalid JSON",
-    "random_bytes": "cannot load {path}/encoder.ckpt: not a readable torch "
-    "file",
+    "random_bytes": "--pretrained_path={path}: cannot load ",
     "another_architecture": "{path}/encoder.ckpt does not match the "
     "S3LEncoder architecture",
 }
@@ -269,3 +268,8 @@ def test_bad_pretrained_path_stops_with_one_line(pretrained_failures, name):
     errors = [line for line in lines if line.startswith("s3l: error: ")]
     assert errors == [lines[-1]], lines[-5:]
     assert PRETRAINED_CASES[name].format(path=path) in lines[-1]
+    if name == "random_bytes":
+        assert (
+            "encoder.ckpt: it holds objects other than tensors and plain "
+            "data, which are never unpickled" in lines[-1]
+        )
