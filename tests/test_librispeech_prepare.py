@@ -119,15 +119,15 @@ def test_bad_files_are_reported_skipped_and_listed(
 
 
 def test_transcript_without_audio_is_reported(corpus_copy, tmp_path, caplog):
-    flacs = glob.glob(os.path.join(corpus_copy, "test-clean", "*/*/*.flac"))
+    flacs = glob.glob(os.path.join(corpus_copy, "dev-clean", "*/*/*.flac"))
     os.remove(flacs[0])
     with caplog.at_level(logging.WARNING):
         outputs = prepare_librispeech(
-            corpus_copy, str(tmp_path), te_splits=["test-clean"]
+            corpus_copy, str(tmp_path), dev_splits=["dev-clean"]
         )
     utt_id = os.path.basename(flacs[0])[:-5]
     assert f"{utt_id}: no audio file" in caplog.text
-    assert utt_id not in {r["ID"] for r in _read_csv(outputs["test-clean"])}
+    assert utt_id not in {r["ID"] for r in _read_csv(outputs["dev-clean"])}
 
 
 def test_missing_split_raises_with_its_name(mini_corpus, tmp_path):
