@@ -153,7 +153,9 @@ def failures(pretrain_runner, tmp_path_factory):
         corpus = pretrain_runner.corpus
         if name == "relative_wav_paths":
             count = write_csvs(
-                corpus, f"{tmp}/csv", lambda p: os.path.relpath(p, corpus)
+                corpus,
+                f"{tmp}/csv",
+                lambda p, corpus=corpus: os.path.relpath(p, corpus),
             )
             expected = expected.replace("{n}", str(count))
         if name == "dollar_in_csv":
