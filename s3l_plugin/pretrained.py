@@ -29,7 +29,7 @@ from s3l_plugin.checkpointing import (
     state_dict_difference,
 )
 from s3l_plugin.data.atomic import atomic_path, write_text_atomic
-from s3l_plugin.data.audio import load_audio
+from s3l_plugin.data.audio import MAX_AMPLITUDE, load_audio
 from s3l_plugin.distributed import unwrap_module
 from s3l_plugin.encoder import EncoderArchitecture, S3LEncoder, architecture
 
@@ -391,6 +391,12 @@ def extract_features(encoder, wavs, wav_lens=None, layers=None):
     lengths : list of torch.Tensor
         (B,) long valid frames of each.
 
+    Raises
+    ------
+    ValueError
+        If ``wavs`` holds NaN, Inf or samples above ``MAX_AMPLITUDE`` in
+        magnitude (the features would be NaN).
+
     Example
     -------
     >>> encoder = S3LEncoder(**architecture("toy"))
@@ -401,6 +407,13 @@ def extract_features(encoder, wavs, wav_lens=None, layers=None):
     """
     if wavs.dim() == 1:
         wavs = wavs.unsqueeze(0)
+    peak = float(wavs.detach().abs().max()) if wavs.numel() else 0.0
+    if not peak <= MAX_AMPLITUDE:  # NaN fails too
+        raise ValueError(
+            f"waveform peak amplitude {peak:.3g}: samples must be finite and "
+            f"at most {MAX_AMPLITUDE:.0e} in magnitude (float audio lies "
+            "within [-1, 1]); the features would be NaN"
+        )
     device = next(encoder.parameters()).device
     wavs = wavs.to(device)
     if wav_lens is not None:
@@ -449,6 +462,12 @@ def extract_features_from_file(encoder, path, layers=None):
         One (1, T_i, d_model) tensor per selected layer.
     lengths : list of torch.Tensor
         (1,) valid frames of each.
+
+    Raises
+    ------
+    s3l_plugin.data.audio.AudioLoadError
+        If the file cannot be used (unreadable, empty, silent, NaN, Inf
+        or huge samples), naming it and the reason.
 
     Example
     -------
