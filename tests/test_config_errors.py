@@ -80,6 +80,11 @@ CASES = {
         ["--csv_folder={tmp}/csv", "--skip_prep=True"],
         "{tmp}/csv/train.csv: {n} wav path(s) relative, e.g. ",
     ),
+    "dollar_in_data_folder": (
+        ["--data_folder={tmp}/a$HOME"],
+        "data_folder '{tmp}/a$HOME' holds '$', which SpeechBrain's CSV "
+        "reader takes for a variable",
+    ),
     "dollar_in_csv": (
         ["--csv_folder={tmp}/csv", "--skip_prep=True"],
         "requires replacements which were not supplied. (SpeechBrain reads "
@@ -158,6 +163,8 @@ def failures(pretrain_runner, tmp_path_factory):
                 lambda p, corpus=corpus: os.path.relpath(p, corpus),
             )
             expected = expected.replace("{n}", str(count))
+        if name == "dollar_in_data_folder":
+            os.symlink(corpus, f"{tmp}/a$HOME")
         if name == "dollar_in_csv":
             write_csvs(corpus, f"{tmp}/csv", lambda p: "$HOME" + p)
         has_data_folder = any(a.startswith("--data_folder") for a in extra)
