@@ -270,6 +270,9 @@ def load_state_dict_checked(module, path, map_location="cpu"):
     >>> load_state_dict_checked(torch.nn.Linear(2, 3), path)
     """
     module = unwrap_module(module)
+    if os.path.islink(path):
+        # As a Pretrainer collects it: name the file the user gave.
+        path = os.path.realpath(path)
     try:
         state_dict = torch.load(
             path, map_location=map_location, weights_only=True
