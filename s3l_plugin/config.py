@@ -12,8 +12,9 @@ import os
 import sys
 
 import torch
-import yaml
 from hyperpyyaml import load_hyperpyyaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 logger = logging.getLogger(__name__)
 
@@ -357,14 +358,23 @@ def load_yaml(hparams_file, overrides):
 
 
 def _plain_overrides(overrides):
-    """The overrides as a dict; {} if they hold YAML tags (``!ref``...)."""
+    """The overrides as a dict; {} if they hold YAML tags (``!ref``...).
+
+    Read as HyperPyYAML reads them (ruamel, YAML 1.2: ``1e-3`` is a
+    number, which PyYAML would read as a string).
+
+    Example
+    -------
+    >>> _plain_overrides("lr: 1e-3\\ntotal_steps: abc")
+    {'lr': 0.001, 'total_steps': 'abc'}
+    """
     if isinstance(overrides, dict):
         return overrides
     try:
-        values = yaml.safe_load(overrides or "{}")
-    except yaml.YAMLError:
+        values = YAML(typ="safe").load(overrides or "{}")
+    except YAMLError:
         return {}  # load_hyperpyyaml reads them and names any mistake
-    return values if isinstance(values, dict) else {}
+    return dict(values) if isinstance(values, dict) else {}
 
 
 def run_cli(run, argv):

@@ -18,6 +18,7 @@ from conftest import PRETRAIN_TINY_YAML, ROOT, FinetuneRunner
 from hyperpyyaml import load_hyperpyyaml
 from librispeech_prepare import prepare_librispeech
 
+from s3l_plugin.config import ConfigError, check_run_options, load_yaml
 from s3l_plugin.encoder import S3LEncoder, architecture
 from s3l_plugin.pretrained import save_encoder
 
@@ -279,3 +280,14 @@ def test_bad_pretrained_path_stops_with_one_line(pretrained_failures, name):
     errors = [line for line in lines if line.startswith("s3l: error: ")]
     assert errors == [lines[-1]], lines[-5:]
     assert PRETRAINED_CASES[name].format(path=path) in lines[-1]
+
+
+def test_overrides_are_read_as_hyperpyyaml_reads_them():
+    # YAML 1.2: 1e-3 is a number (PyYAML would read the string "1e-3").
+    hparams = load_yaml(PRETRAIN_TINY_YAML, "lr: 1e-3\nnumber_of_epochs: 2")
+    assert hparams["lr"] == 0.001
+    check_run_options(hparams, {})
+    with pytest.raises(ConfigError, match="number_of_epochs is 2.5: it must"):
+        load_yaml(PRETRAIN_TINY_YAML, "number_of_epochs: 2.5")
+    with pytest.raises(ConfigError, match="ckpt_interval_minutes is -1"):
+        check_run_options(hparams, {"ckpt_interval_minutes": -1})
