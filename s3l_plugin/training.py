@@ -467,7 +467,7 @@ class S3LBrain(sb.Brain):
         limit = getattr(self.hparams, "max_skipped_audio_share", None)
         counts = torch.tensor(
             [self.epoch_audio["used"], self.epoch_audio["skipped"]],
-            dtype=torch.float64,
+            dtype=torch.long,
             device=self.device,
         )
         if self.distributed_launch:
