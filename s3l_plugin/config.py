@@ -8,6 +8,7 @@ SpeechBrain's run options keep SpeechBrain's meaning and precedence
 
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -16,6 +17,8 @@ import speechbrain as sb
 import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +140,68 @@ def resolve_auto_precision(hparams, run_opts):
     hparams["precision"] = precision
 
 
+# YAML keys the recipes read as numbers -> (what they must be, the test).
+# Checked on the command line's overrides before the YAML builds anything,
+# and on the loaded YAML, so that a wrong value is named, not a traceback
+# deep in torch.
+NUMBER_RULES = {
+    "number_of_epochs": ("an integer >= 1", lambda v: _is_int(v, 1)),
+    "total_steps": ("an integer >= 1", lambda v: _is_int(v, 1)),
+    "num_workers": ("an integer >= 0", lambda v: _is_int(v, 0)),
+    "lr": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "lr_encoder": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "lr_head": ("a number > 0", lambda v: _is_number(v) and v > 0),
+    "max_skipped_audio_share": (
+        "a number from 0 to 1 (the share of an epoch's training audio "
+        "files that may be unusable; 1 never stops the run)",
+        lambda v: _is_number(v) and 0 <= v <= 1,
+    ),
+}
+
+
+def _is_number(value):
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _is_int(value, lowest):
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (value >= lowest)
+    )
+
+
+def check_numbers(values):
+    """Checks the numeric keys of :data:`NUMBER_RULES` found in ``values``.
+
+    Arguments
+    ---------
+    values : dict
+        Loaded YAML, or the command line's overrides.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first key whose value is wrong.
+
+    Example
+    -------
+    >>> check_numbers({"total_steps": "abc"})
+    Traceback (most recent call last):
+    ...
+    s3l_plugin.config.ConfigError: total_steps is 'abc': it must be an ...
+    """
+    for key, (requirement, valid) in NUMBER_RULES.items():
+        if key in values and not valid(values[key]):
+            raise ConfigError(
+                f"{key} is {values[key]!r}: it must be {requirement}"
+            )
+
+
 def check_run_options(hparams, run_opts):
     """Rejects run options that would silently train wrongly.
 
@@ -151,9 +216,10 @@ def check_run_options(hparams, run_opts):
     ------
     ConfigError
         ``max_grad_norm <= 0`` (SpeechBrain would flip or zero every
-        gradient), a gradient accumulation factor below 1, fp16 on a
-        machine without CUDA, bf16 on a GPU without it, or a negative
-        ``nonfinite_patience``.
+        gradient), a gradient accumulation factor below 1, a CUDA device
+        this machine does not have, fp16 on a machine without CUDA, bf16
+        on a GPU without it, a negative ``nonfinite_patience`` or
+        checkpoint interval, or a key of :data:`NUMBER_RULES` out of range.
 
     Example
     -------
@@ -175,6 +241,7 @@ def check_run_options(hparams, run_opts):
             f"grad_accumulation_factor is {factor}: it must be >= 1"
         )
     device = training_device(hparams, run_opts)
+    check_device(device)
     precision = effective_option("precision", hparams, run_opts, "fp32")
     if precision not in ("fp32", "fp16", "bf16"):
         raise ConfigError(
@@ -202,6 +269,49 @@ def check_run_options(hparams, run_opts):
             f"nonfinite_patience is {patience}: it must be >= 0 (as in "
             "SpeechBrain, the number of batches per epoch whose loss may be "
             "non-finite before the run stops)"
+        )
+    for name in ("ckpt_interval_minutes", "ckpt_interval_steps"):
+        interval = effective_option(name, hparams, run_opts, 0)
+        if interval is None or interval < 0:
+            raise ConfigError(
+                f"{name} is {interval}: it must be >= 0 (0 turns "
+                "intra-epoch checkpoints off)"
+            )
+    check_numbers(hparams)
+
+
+def check_device(device):
+    """Refuses a CUDA device this machine does not have.
+
+    Arguments
+    ---------
+    device : str
+        E.g. ``cpu``, ``cuda``, ``cuda:1``.
+
+    Raises
+    ------
+    ConfigError
+        Saying which devices there are.
+
+    Example
+    -------
+    >>> check_device("cpu")
+    """
+    device = str(device)
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device}: no CUDA GPU is usable here (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda}): use "
+            "--device=cpu"
+        )
+    index = device.partition(":")[2]
+    count = torch.cuda.device_count()
+    if index and (not index.isdigit() or int(index) >= count):
+        raise ConfigError(
+            f"device {device}: this machine has {count} CUDA GPU(s), "
+            f"cuda:0 to cuda:{count - 1}"
         )
 
 
@@ -281,8 +391,9 @@ def load_yaml(hparams_file, overrides):
     Raises
     ------
     ConfigError
-        For an unreadable file, an override of an unknown key, or a value
-        (or a file) an object refuses.
+        For an unreadable file, an override of an unknown key or out of
+        the range of :data:`NUMBER_RULES`, or a value (or a file) an
+        object refuses.
 
     Example
     -------
@@ -296,6 +407,7 @@ def load_yaml(hparams_file, overrides):
             text = fin.read()
     except OSError as error:
         raise ConfigError(f"cannot read {hparams_file}: {error}") from error
+    check_numbers(_plain_overrides(overrides))
     try:
         return load_hyperpyyaml(text, overrides)
     except KeyError as error:
@@ -334,6 +446,7 @@ RESUME_FREE_KEYS = frozenset(
         "checkpoints_to_keep",
         "log_interval",
         "num_workers",
+        "max_skipped_audio_share",
         "valid_batch_size",
         "test_batch_size",
         "test_splits",
@@ -577,6 +690,26 @@ def parse_arguments(argv):
     restart = "--restart" in argv
     argv = [arg for arg in argv if arg != "--restart"]
     return (*sb.parse_arguments(argv), restart)
+
+
+def _plain_overrides(overrides):
+    """The overrides as a dict; {} if they hold YAML tags (``!ref``...).
+
+    Read as HyperPyYAML reads them (ruamel, YAML 1.2: ``1e-3`` is a
+    number, which PyYAML would read as a string).
+
+    Example
+    -------
+    >>> _plain_overrides("lr: 1e-3\\ntotal_steps: abc")
+    {'lr': 0.001, 'total_steps': 'abc'}
+    """
+    if isinstance(overrides, dict):
+        return overrides
+    try:
+        values = YAML(typ="safe").load(overrides or "{}")
+    except YAMLError:
+        return {}  # load_hyperpyyaml reads them and names any mistake
+    return dict(values) if isinstance(values, dict) else {}
 
 
 def run_cli(run, argv):

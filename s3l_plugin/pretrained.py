@@ -19,15 +19,17 @@ Authors
 import json
 import logging
 import os
+import pickle
 
 import torch
 
 from s3l_plugin.checkpointing import (
+    CheckpointLoadError,
     CheckpointMismatchError,
     state_dict_difference,
 )
 from s3l_plugin.data.atomic import atomic_path, write_text_atomic
-from s3l_plugin.data.audio import load_audio
+from s3l_plugin.data.audio import MAX_AMPLITUDE, load_audio
 from s3l_plugin.distributed import unwrap_module
 from s3l_plugin.encoder import EncoderArchitecture, S3LEncoder, architecture
 
@@ -252,6 +254,14 @@ def load_state_dict_checked(module, path, map_location="cpu"):
     map_location : str or torch.device
         Where tensors are loaded.
 
+    Raises
+    ------
+    CheckpointLoadError
+        If ``path`` cannot be read back as tensors (damaged, not a torch
+        file, or holding objects that are never unpickled).
+    CheckpointMismatchError
+        If it holds another architecture's parameters.
+
     Example
     -------
     >>> import tempfile
@@ -260,7 +270,31 @@ def load_state_dict_checked(module, path, map_location="cpu"):
     >>> load_state_dict_checked(torch.nn.Linear(2, 3), path)
     """
     module = unwrap_module(module)
-    state_dict = torch.load(path, map_location=map_location, weights_only=True)
+    if os.path.islink(path):
+        # As a Pretrainer collects it: name the file the user gave.
+        path = os.path.realpath(path)
+    try:
+        state_dict = torch.load(
+            path, map_location=map_location, weights_only=True
+        )
+    except pickle.UnpicklingError as error:
+        # weights_only refused it; torch's message suggests the unsafe load.
+        raise CheckpointLoadError(
+            f"cannot load {path}: it holds objects other than tensors and "
+            "plain data, which are never unpickled (a damaged or tampered "
+            "file)"
+        ) from error
+    except Exception as error:  # torch raises many types for a bad file
+        detail = (str(error).strip().splitlines() or [""])[0]
+        raise CheckpointLoadError(
+            f"cannot load {path}: not a readable torch file "
+            f"({type(error).__name__}: {detail})"
+        ) from error
+    if not isinstance(state_dict, dict):
+        raise CheckpointLoadError(
+            f"cannot load {path}: it holds a {type(state_dict).__name__}, "
+            "not a state_dict"
+        )
     problem = state_dict_difference(state_dict, module.state_dict())
     if problem:
         raise CheckpointMismatchError(
@@ -360,6 +394,12 @@ def extract_features(encoder, wavs, wav_lens=None, layers=None):
     lengths : list of torch.Tensor
         (B,) long valid frames of each.
 
+    Raises
+    ------
+    ValueError
+        If ``wavs`` holds NaN, Inf or samples above ``MAX_AMPLITUDE`` in
+        magnitude (the features would be NaN).
+
     Example
     -------
     >>> encoder = S3LEncoder(**architecture("toy"))
@@ -370,6 +410,13 @@ def extract_features(encoder, wavs, wav_lens=None, layers=None):
     """
     if wavs.dim() == 1:
         wavs = wavs.unsqueeze(0)
+    peak = float(wavs.detach().abs().max()) if wavs.numel() else 0.0
+    if not peak <= MAX_AMPLITUDE:  # NaN fails too
+        raise ValueError(
+            f"waveform peak amplitude {peak:.3g}: samples must be finite and "
+            f"at most {MAX_AMPLITUDE:.0e} in magnitude (float audio lies "
+            "within [-1, 1]); the features would be NaN"
+        )
     device = next(encoder.parameters()).device
     wavs = wavs.to(device)
     if wav_lens is not None:
@@ -418,6 +465,12 @@ def extract_features_from_file(encoder, path, layers=None):
         One (1, T_i, d_model) tensor per selected layer.
     lengths : list of torch.Tensor
         (1,) valid frames of each.
+
+    Raises
+    ------
+    s3l_plugin.data.audio.AudioLoadError
+        If the file cannot be used (unreadable, empty, silent, NaN, Inf
+        or huge samples), naming it and the reason.
 
     Example
     -------

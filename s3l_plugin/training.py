@@ -7,7 +7,9 @@ that SpeechBrain's own ``fit_batch`` runs every batch that holds data:
   with its reason (main process) and counted in ``skipped_audio``; a batch
   left with no audio at all (an :class:`EmptyBatch`) trains nothing, and
   under DDP its rank still joins the gradient all-reduce, with zero
-  gradients (:meth:`S3LBrain.placeholder_backward`).
+  gradients (:meth:`S3LBrain.placeholder_backward`). An epoch whose
+  training audio is unusable in a larger share than
+  ``max_skipped_audio_share`` stops the run (:class:`ConfigError`).
 - ``optimizers_step`` clips every parameter group of every optimizer
   (SpeechBrain clips the first group only) and skips a step that cannot do
   good: no usable audio in the window, or a non-finite loss or gradient
@@ -103,6 +105,8 @@ class S3LBrain(sb.Brain):
         super().__init__(*args, **kwargs)
         self.skipped_audio = 0
         self.nonfinite_steps = 0
+        # This process's training audio files of the current epoch.
+        self.epoch_audio = {"used": 0, "skipped": 0}
         self.stepped = False
         self.cost_tracker = None
         self._pending_skips = []
@@ -145,6 +149,8 @@ class S3LBrain(sb.Brain):
             The detached loss (NaN for an empty batch).
         """
         self._note_skipped(batch.skipped, sb.Stage.TRAIN)
+        self.epoch_audio["used"] += len(batch.id)
+        self.epoch_audio["skipped"] += len(batch.skipped)
         if isinstance(batch, EmptyBatch):
             loss = self._fit_empty_batch(batch)
         else:
@@ -492,6 +498,8 @@ class S3LBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self._reset_window()
             self._last_checkpoint = (time.time(), self.step)
+            if self.step == 0:  # else resumed within the epoch
+                self.epoch_audio = {"used": 0, "skipped": 0}
             self._epoch_start = {
                 "optimizer_step": self.optimizer_step,
                 "batch": self.step,  # > 0: resumed within the epoch
@@ -505,13 +513,36 @@ class S3LBrain(sb.Brain):
         Raises
         ------
         ConfigError
-            If a training epoch made no optimizer step: every later epoch
-            would train nothing as well, and the model stays as it was.
+            If a training epoch made no optimizer step (every later epoch
+            would train nothing as well, and the model stays as it was),
+            or skipped a larger share of its audio files than
+            ``max_skipped_audio_share``.
         """
         self.flush_skipped_audio()
         if stage == sb.Stage.TRAIN:
             self.write_cost()
             self._check_epoch_stepped(epoch)
+            self._check_skipped_share(epoch)
+
+    def _check_skipped_share(self, epoch):
+        limit = getattr(self.hparams, "max_skipped_audio_share", None)
+        counts = torch.tensor(
+            [self.epoch_audio["used"], self.epoch_audio["skipped"]],
+            dtype=torch.long,
+            device=self.device,
+        )
+        if self.distributed_launch:
+            torch.distributed.all_reduce(counts)
+        used, skipped = (int(count) for count in counts.tolist())
+        if limit is None or skipped <= limit * (used + skipped):
+            return
+        raise ConfigError(
+            f"epoch {epoch} skipped {skipped} of its {used + skipped} "
+            f"training audio files ({skipped / (used + skipped):.0%}), more "
+            f"than max_skipped_audio_share ({limit}) allows: each is named "
+            "in the log with its reason; repair or remove them from the "
+            "training CSV, or raise --max_skipped_audio_share"
+        )
 
     def _check_epoch_stepped(self, epoch):
         start = self._epoch_start
@@ -573,12 +604,17 @@ class S3LBrain(sb.Brain):
         return {
             "skipped_audio": self.skipped_audio,
             "nonfinite_steps": self.nonfinite_steps,
+            "epoch_audio": dict(self.epoch_audio),
         }
 
     def load_counters_state(self, state):
         """Restores :meth:`counters_state`."""
         self.skipped_audio = state["skipped_audio"]
         self.nonfinite_steps = state["nonfinite_steps"]
+        # Absent from checkpoints written before the share was checked.
+        self.epoch_audio = dict(
+            state.get("epoch_audio", {"used": 0, "skipped": 0})
+        )
 
     # ---- Cost report -------------------------------------------------------
     def start_cost_tracker(self, projection=None):

@@ -88,6 +88,15 @@ def test_non_finite_samples_are_rejected(tmp_path, speech, value):
         load_audio(path)
 
 
+def test_huge_samples_are_rejected(tmp_path, speech):
+    speech[123] = 1e20  # finite, but the log-mel features would be NaN
+    path = write(tmp_path, "huge.wav", speech, subtype="FLOAT")
+    with pytest.raises(
+        AudioLoadError, match=f"{path}: peak amplitude 1e\\+20 is above 1e\\+15"
+    ):
+        load_audio(path)
+
+
 def test_too_long_and_too_short_files_are_rejected(tmp_path, speech):
     path = write(tmp_path, "two_seconds.flac", speech)
     with pytest.raises(AudioLoadError, match="2.0 s is longer than .* 1.5 s"):

@@ -255,3 +255,28 @@ def test_epoch_without_an_optimizer_step_stops_the_run(
     assert "epoch 2" not in result.stderr
     assert not os.path.exists(os.path.join(output, "encoder.ckpt"))
     assert not os.path.exists(os.path.join(output, LOCK_NAME))
+
+
+def test_epoch_skipping_too_much_audio_stops_the_run(
+    pretrain_runner, bad_audio_csvs, tmp_path
+):
+    with open(os.path.join(bad_audio_csvs, "train.csv"), encoding="utf-8") as f:
+        total = len(f.read().splitlines()) - 1
+    bad = len(BAD_TRAIN_AUDIO)
+    limit = round(0.9 * bad / total, 3)  # just under this run's share
+    output = str(tmp_path / "out")
+    result = pretrain_runner.run(
+        output,
+        f"--csv_folder={bad_audio_csvs}",
+        "--skip_prep=True",
+        "--number_of_epochs=1",
+        "--total_steps=100",
+        f"--max_skipped_audio_share={limit}",
+    )
+    line = error_line(result.returncode, result.stderr)
+    assert (
+        f"epoch 1 skipped {bad} of its {total} training audio files "
+        f"({bad / total:.0%}), more than max_skipped_audio_share ({limit}) "
+        "allows" in line
+    ), line
+    assert not os.path.exists(os.path.join(output, "encoder.ckpt"))

@@ -4,13 +4,16 @@ import csv
 import glob
 import logging
 import os
+import re
 import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 from librispeech_prepare import OPTIONS_FILE, prepare_librispeech
+from speechbrain.dataio.dataio import load_data_csv
 
+from s3l_plugin.config import ConfigError
 from s3l_plugin.data.mini_librispeech import generate_mini_librispeech
 
 SPLITS = ["train-clean-100", "dev-clean", "test-clean"]
@@ -119,15 +122,15 @@ def test_bad_files_are_reported_skipped_and_listed(
 
 
 def test_transcript_without_audio_is_reported(corpus_copy, tmp_path, caplog):
-    flacs = glob.glob(os.path.join(corpus_copy, "test-clean", "*/*/*.flac"))
+    flacs = glob.glob(os.path.join(corpus_copy, "dev-clean", "*/*/*.flac"))
     os.remove(flacs[0])
     with caplog.at_level(logging.WARNING):
         outputs = prepare_librispeech(
-            corpus_copy, str(tmp_path), te_splits=["test-clean"]
+            corpus_copy, str(tmp_path), dev_splits=["dev-clean"]
         )
     utt_id = os.path.basename(flacs[0])[:-5]
     assert f"{utt_id}: no audio file" in caplog.text
-    assert utt_id not in {r["ID"] for r in _read_csv(outputs["test-clean"])}
+    assert utt_id not in {r["ID"] for r in _read_csv(outputs["dev-clean"])}
 
 
 def test_missing_split_raises_with_its_name(mini_corpus, tmp_path):
@@ -196,3 +199,148 @@ def test_skip_prep_does_nothing(tmp_path):
         == {}
     )
     assert os.listdir(tmp_path) == []
+
+
+# ---- Corpus defects --------------------------------------------------------
+@pytest.fixture
+def dev_copy(tiny_corpus, tmp_path):
+    """A copy of the tiny corpus's dev-clean (7 utterances) to damage."""
+    folder = str(tmp_path / "corpus")
+    shutil.copytree(
+        os.path.join(tiny_corpus, "dev-clean"),
+        os.path.join(folder, "dev-clean"),
+    )
+    return folder
+
+
+def _replace_transcript(flac, line):
+    """Replaces the transcript line of ``flac`` by ``line`` (bytes).
+
+    Returns ``"<trans.txt>:<line number>"``.
+    """
+    utt_id = os.path.basename(flac)[:-5].encode()
+    (trans,) = glob.glob(os.path.join(os.path.dirname(flac), "*.trans.txt"))
+    with open(trans, "rb") as f:
+        lines = f.read().splitlines()
+    number = next(i for i, old in enumerate(lines) if old.startswith(utt_id))
+    lines[number] = line
+    with open(trans, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    return f"{trans}:{number + 1}"
+
+
+def test_corpus_defects_are_skipped_listed_and_counted(
+    dev_copy, tmp_path, caplog
+):
+    flacs = sorted(glob.glob(os.path.join(dev_copy, "dev-clean/*/*/*.flac")))
+    ids = [os.path.basename(f)[:-5] for f in flacs]
+    os.remove(flacs[0])
+    os.symlink(str(tmp_path / "gone.flac"), flacs[0])
+    lines = {
+        "not UTF-8 (byte 0xff at column": ids[1].encode() + b" CAF\xff AU LAIT",
+        "holds '$', which SpeechBrain's CSV reader takes": ids[2].encode()
+        + b" IT COST $5",
+        "empty transcript (an ID without words)": ids[3].encode() + b"  ",
+    }
+    where = {
+        reason: _replace_transcript(flac, line)
+        for (reason, line), flac in zip(lines.items(), flacs[1:4])
+    }
+    save = str(tmp_path / "csv")
+    with caplog.at_level(logging.INFO):
+        outputs = prepare_librispeech(dev_copy, save, dev_splits=["dev-clean"])
+
+    # SpeechBrain reads the CSV back; only the good utterances are in it.
+    data = load_data_csv(outputs["dev-clean"])
+    assert sorted(data) == ids[4:]
+    with open(os.path.join(save, "dev-clean_skipped.txt")) as f:
+        skipped = dict(line.rstrip("\n").split("\t") for line in f)
+    # The broken link is named (not the data folder), and so is each bad
+    # line and the audio file it leaves without a transcript.
+    assert skipped[flacs[0]].startswith("broken link (")
+    for (reason, _), flac in zip(lines.items(), flacs[1:4]):
+        assert skipped[where[reason]].startswith(reason)
+        assert skipped[flac].startswith(
+            f"its transcript line {where[reason]} is left out ({reason}"
+        )
+    assert len(skipped) == 7
+    assert "dev-clean: 3 utterances (" in caplog.text
+    assert "; 7 skipped, listed in" in caplog.text
+
+
+def test_blank_lines_are_ignored(dev_copy, tmp_path):
+    trans = glob.glob(os.path.join(dev_copy, "dev-clean/*/*/*.trans.txt"))[0]
+    with open(trans, "a") as f:
+        f.write("\n  \n")
+    save = str(tmp_path / "csv")
+    outputs = prepare_librispeech(dev_copy, save, dev_splits=["dev-clean"])
+    assert len(_read_csv(outputs["dev-clean"])) == 7
+    assert open(os.path.join(save, "dev-clean_skipped.txt")).read() == ""
+
+
+def test_an_id_on_two_transcript_lines_stops(dev_copy, tmp_path):
+    flacs = sorted(glob.glob(os.path.join(dev_copy, "dev-clean/*/*/*.flac")))
+    first = os.path.basename(flacs[0])[:-5]
+    where = _replace_transcript(flacs[1], first.encode() + b" AGAIN")
+    trans, number = where.rsplit(":", 1)
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            f"utterance ID {first} is on two transcript lines, "
+            f"{trans}:{int(number) - 1} and {where}: keep one"
+        ),
+    ):
+        prepare_librispeech(dev_copy, str(tmp_path), dev_splits=["dev-clean"])
+    assert not os.path.exists(os.path.join(tmp_path, OPTIONS_FILE))
+
+
+def test_an_id_with_two_audio_files_stops(dev_copy, tmp_path):
+    flac = sorted(glob.glob(os.path.join(dev_copy, "dev-clean/*/*/*.flac")))[0]
+    speaker_folder = os.path.dirname(os.path.dirname(flac))
+    copy = os.path.join(speaker_folder, "999", os.path.basename(flac))
+    os.makedirs(os.path.dirname(copy))
+    shutil.copy(flac, copy)
+    first, second = sorted([flac, copy])
+    with pytest.raises(
+        ConfigError, match=re.escape(f"two audio files, {first} and {second}")
+    ):
+        prepare_librispeech(dev_copy, str(tmp_path), dev_splits=["dev-clean"])
+
+
+def test_an_id_in_two_merged_splits_stops(dev_copy, tmp_path):
+    shutil.copytree(
+        os.path.join(dev_copy, "dev-clean"), os.path.join(dev_copy, "dev-other")
+    )
+    with pytest.raises(ConfigError, match="which are merged into"):
+        prepare_librispeech(
+            dev_copy,
+            str(tmp_path),
+            dev_splits=["dev-clean", "dev-other"],
+            merge_lst=["dev-clean", "dev-other"],
+            merge_name="dev",
+        )
+    assert not os.path.exists(os.path.join(tmp_path, OPTIONS_FILE))
+
+
+def test_a_split_without_usable_utterance_stops(dev_copy, tmp_path):
+    flacs = glob.glob(os.path.join(dev_copy, "dev-clean/*/*/*.flac"))
+    for flac in flacs:
+        open(flac, "wb").close()
+    save = str(tmp_path / "csv")
+    with pytest.raises(
+        ConfigError,
+        match="split dev-clean has no usable utterance: 7 .flac files in "
+        f"{dev_copy}/dev-clean, 7 files or transcript lines left out",
+    ):
+        prepare_librispeech(dev_copy, save, dev_splits=["dev-clean"])
+    with open(os.path.join(save, "dev-clean_skipped.txt")) as f:
+        assert sorted(line.split("\t")[0] for line in f) == sorted(flacs)
+    assert not os.path.exists(os.path.join(save, OPTIONS_FILE))
+    assert not os.path.exists(os.path.join(save, "dev-clean.csv"))
+
+
+def test_dollar_in_the_data_folder_stops(dev_copy, tmp_path):
+    link = str(tmp_path / "a$HOME")
+    os.symlink(dev_copy, link)
+    with pytest.raises(ConfigError, match=re.escape(f"data_folder '{link}'")):
+        prepare_librispeech(link, str(tmp_path), dev_splits=["dev-clean"])

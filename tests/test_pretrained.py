@@ -11,6 +11,7 @@ import torch
 import torchaudio
 from speechbrain.utils.parameter_transfer import Pretrainer
 
+from s3l_plugin.data.audio import AudioLoadError
 from s3l_plugin.encoder import EncoderArchitecture, S3LEncoder, architecture
 from s3l_plugin.pretrained import (
     CheckpointMismatchError,
@@ -155,6 +156,36 @@ def test_extract_features_from_file_resamples_and_downmixes(
     wav = torchaudio.functional.resample(mono, 8000, 16000)
     expected, _ = extract_features(encoder, wav, layers=[-1])
     assert torch.allclose(feats[0], expected[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("amplitude", [1e20, np.inf])
+def test_huge_or_infinite_audio_is_refused_not_nan(
+    tmp_path, pretrained, amplitude
+):
+    encoder, _ = pretrained
+    wav = np.sin(np.arange(16000) / 10.0).astype("float32")
+    wav[5000] = amplitude
+    path = str(tmp_path / "huge.wav")
+    sf.write(path, wav, 16000, subtype="FLOAT")
+    with pytest.raises(AudioLoadError, match=f"{path}: (peak|non-finite)"):
+        extract_features_from_file(encoder, path)
+    with pytest.raises(ValueError, match="the features would be NaN"):
+        extract_features(encoder, torch.from_numpy(wav))
+
+
+def test_integer_scaled_float_audio_gives_the_same_features(
+    tmp_path, pretrained
+):
+    # Float files written with integer scale (here int32's): the features
+    # are normalised per utterance, so they are those of the [-1, 1] audio.
+    encoder, _ = pretrained
+    wav = np.sin(np.arange(16000) / 10.0).astype("float32") * 0.5
+    path = str(tmp_path / "int_scale.wav")
+    sf.write(path, wav * 2.0**31, 16000, subtype="FLOAT")
+    feats, _ = extract_features_from_file(encoder, path, layers=[-1])
+    expected, _ = extract_features(encoder, torch.from_numpy(wav), layers=[-1])
+    assert torch.isfinite(feats[0]).all()
+    assert torch.allclose(feats[0], expected[0], atol=1e-3)
 
 
 def test_config_holds_architecture_only(pretrained):

@@ -41,7 +41,12 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from s3l_plugin.config import check_ctc_config, parse_arguments, run_cli
+from s3l_plugin.config import (
+    ConfigError,
+    check_ctc_config,
+    parse_arguments,
+    run_cli,
+)
 from s3l_plugin.ctc import ctc_feasible, ctc_loss, greedy_decode
 from s3l_plugin.data.audio import SkipBadAudioCollate, make_audio_pipeline
 from s3l_plugin.data.batching import (
@@ -50,6 +55,7 @@ from s3l_plugin.data.batching import (
     train_loader_kwargs,
 )
 from s3l_plugin.data.sources import (
+    load_csv_dataset,
     prepare_csvs,
     present_splits,
     resolve_data_folder,
@@ -260,6 +266,18 @@ def make_lr_schedule(hp, lr):
     )
 
 
+def load_pretrained_encoder(hparams):
+    """Loads ``pretrained_path``'s encoder; a bad file is a ConfigError."""
+    path = hparams["pretrained_path"]
+    try:
+        run_on_main(hparams["pretrainer"].collect_files)
+        hparams["pretrainer"].load_collected()
+    except (OSError, ValueError) as error:
+        # A missing or damaged encoder.ckpt, or another architecture's.
+        raise ConfigError(f"--pretrained_path={path}: {error}") from error
+    logger.info("Encoder initialised from %s", path)
+
+
 def build_decoder(hparams, vocab, train):
     """The test-time lexicon + n-gram beam search, or None.
 
@@ -342,8 +360,10 @@ def filter_dataset(dataset, hparams, vocab, name, max_duration=None):
     )
 
 
-def dataio_prepare(hparams, vocab, test_splits):
+def dataio_prepare(hparams, vocab, test_splits, data_folder=None):
     """Train, valid and test datasets, and the train sampler.
+
+    ``$data_root`` in a CSV stands for ``data_folder``.
 
     A file may not be what the CSV says (replaced, damaged): the audio
     pipeline checks its real duration too, and a file too short for one
@@ -357,8 +377,8 @@ def dataio_prepare(hparams, vocab, test_splits):
         return torch.LongTensor(vocab.encode(wrd))
 
     def load(split, max_duration=None):
-        dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            os.path.join(hparams["csv_folder"], f"{split}.csv")
+        dataset = load_csv_dataset(
+            os.path.join(hparams["csv_folder"], f"{split}.csv"), data_folder
         )
         dataset = filter_dataset(dataset, hparams, vocab, split, max_duration)
         audio = make_audio_pipeline(
@@ -491,12 +511,12 @@ def main(argv):
     )
     vocab = build_vocabulary(hparams)
     check_ctc_config(hparams, len(vocab))
-    train, valid, tests, sampler = dataio_prepare(hparams, vocab, test_splits)
+    train, valid, tests, sampler = dataio_prepare(
+        hparams, vocab, test_splits, data_folder
+    )
 
     if hparams["pretrained_path"]:
-        run_on_main(hparams["pretrainer"].collect_files)
-        hparams["pretrainer"].load_collected()
-        logger.info("Encoder initialised from %s", hparams["pretrained_path"])
+        load_pretrained_encoder(hparams)
     else:
         logger.warning(
             "No pretrained_path: the encoder is trained FROM SCRATCH "

@@ -7,12 +7,17 @@ Works for real LibriSpeech and for the synthetic mini corpus of
 
 Each ``<save_folder>/<split>.csv`` has the columns ``ID,duration,wav,spk_id,
 wrd``: duration in seconds, ``wav`` an absolute path, ``spk_id``
-``<speaker>-<chapter>``, ``wrd`` the upper-case transcript. Audio that is
-unreadable, empty or without a transcript (and transcripts without audio)
-is reported, left out and listed in ``<save_folder>/<split>_skipped.txt``;
-it never stops the preparation. Every file is written atomically, and the
-options file is written last, so an interrupted run is redone, never
-mistaken for a finished one.
+``<speaker>-<chapter>``, ``wrd`` the upper-case transcript. Each bad file
+or transcript line is reported, left out and listed with its reason in
+``<save_folder>/<split>_skipped.txt``: audio that is unreadable (a broken
+link included), empty or without a transcript; a transcript line that is
+not UTF-8, has no words, or holds a ``$`` (SpeechBrain's CSV reader would
+take it for a variable), or whose audio is missing. What no CSV can hold
+stops the preparation with a :class:`~s3l_plugin.config.ConfigError`: a
+utterance ID given twice, a split without any usable utterance, a
+``data_folder`` path with a ``$`` or that is not UTF-8. Every file is
+written atomically, and the options file is written last, so an
+interrupted run is redone, never mistaken for a finished one.
 """
 
 import csv
@@ -25,6 +30,7 @@ import os
 import soundfile as sf
 from tqdm import tqdm
 
+from s3l_plugin.config import ConfigError
 from s3l_plugin.data.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -86,6 +92,10 @@ def prepare_librispeech(
         If ``data_folder`` or a split folder does not exist.
     ValueError
         On inconsistent arguments.
+    ConfigError
+        For a corpus no CSV can be made of: a ``data_folder`` path with
+        a ``$`` or not UTF-8, a utterance ID given twice (in a split or
+        across merged splits), a split without any usable utterance.
 
     Example
     -------
@@ -122,6 +132,13 @@ def prepare_librispeech(
     if not os.path.isdir(data_folder):
         raise FileNotFoundError(
             f"LibriSpeech data_folder {data_folder} does not exist"
+        )
+    problem = csv_path_problem(data_folder)
+    if problem:
+        raise ConfigError(
+            f"data_folder {data_folder!r} {problem}: every wav path of the "
+            "CSVs would hold it; pass a path to the corpus without it (e.g. "
+            "a symbolic link)"
         )
     for split in splits:
         split_folder = os.path.join(data_folder, split)
@@ -198,7 +215,10 @@ def _already_done(options_path, options, outputs):
 
 
 def read_transcripts(split_folder):
-    """Reads every ``*.trans.txt`` of a split.
+    """Reads every ``*.trans.txt`` of a split; bad lines are set aside.
+
+    A line is ``<utterance ID> <words>``; blank lines are ignored. A line
+    that is not UTF-8, has no words or holds a ``$`` is bad.
 
     Arguments
     ---------
@@ -207,8 +227,16 @@ def read_transcripts(split_folder):
 
     Returns
     -------
-    dict
-        Utterance id -> ``(transcript, trans.txt path)``.
+    transcripts : dict
+        Utterance ID -> ``(upper-case words, "<trans.txt>:<line>")``.
+    bad_lines : dict
+        Utterance ID (as far as it can be read) -> ``("<trans.txt>:<line>",
+        reason)``.
+
+    Raises
+    ------
+    ConfigError
+        If a utterance ID is on two lines, naming both.
 
     Example
     -------
@@ -216,19 +244,75 @@ def read_transcripts(split_folder):
     >>> split = tempfile.mkdtemp()
     >>> os.makedirs(os.path.join(split, "19", "198"))
     >>> path = os.path.join(split, "19", "198", "19-198.trans.txt")
-    >>> _ = open(path, "w").write("19-198-0000 HELLO\\n19-198-0001 A B\\n")
-    >>> read_transcripts(split)["19-198-0001"][0]
-    'A B'
+    >>> _ = open(path, "w").write("19-198-0000 HELLO\\n19-198-0001 A $B\\n")
+    >>> transcripts, bad_lines = read_transcripts(split)
+    >>> transcripts["19-198-0000"][0], bad_lines["19-198-0001"][1]
+    ('HELLO', "holds '$', which SpeechBrain's CSV reader takes for a variable")
     """
-    transcripts = {}
+    transcripts, bad_lines, seen = {}, {}, {}
     pattern = os.path.join(split_folder, "*", "*", "*.trans.txt")
     for path in sorted(glob.glob(pattern)):
-        with open(path, encoding="utf-8") as trans_file:
-            for line in trans_file:
-                utt_id, _, words = line.strip().partition(" ")
-                if utt_id:
-                    transcripts[utt_id] = (words.strip().upper(), path)
-    return transcripts
+        with open(path, "rb") as trans_file:
+            lines = trans_file.read().splitlines()
+        for number, raw in enumerate(lines, start=1):
+            where = f"{path}:{number}"
+            try:
+                line, problem = raw.decode("utf-8"), None
+            except UnicodeDecodeError as error:
+                line = raw.decode("utf-8", errors="replace")
+                problem = (
+                    f"not UTF-8 (byte 0x{raw[error.start]:02x} at column "
+                    f"{error.start + 1})"
+                )
+            utt_id, _, words = line.strip().partition(" ")
+            if not utt_id:
+                continue  # a blank line
+            if utt_id in seen:
+                raise ConfigError(
+                    f"utterance ID {utt_id} is on two transcript lines, "
+                    f"{seen[utt_id]} and {where}: keep one"
+                )
+            seen[utt_id] = where
+            words = words.strip()
+            if problem is None and not words:
+                problem = "empty transcript (an ID without words)"
+            if problem is None and "$" in line:
+                problem = (
+                    "holds '$', which SpeechBrain's CSV reader takes for a "
+                    "variable"
+                )
+            if problem:
+                bad_lines[utt_id] = (where, problem)
+            else:
+                transcripts[utt_id] = (words.upper(), where)
+    return transcripts, bad_lines
+
+
+def csv_path_problem(path):
+    """Why ``path`` cannot be written into a SpeechBrain CSV, or None.
+
+    Arguments
+    ---------
+    path : str
+
+    Returns
+    -------
+    str or None
+
+    Example
+    -------
+    >>> csv_path_problem("/data/$USER/a.flac")
+    "holds '$', which SpeechBrain's CSV reader takes for a variable"
+    >>> csv_path_problem("/data/a.flac") is None
+    True
+    """
+    if "$" in path:
+        return "holds '$', which SpeechBrain's CSV reader takes for a variable"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
 
 
 def probe_audio(path):
@@ -250,9 +334,9 @@ def probe_audio(path):
     Raises
     ------
     ValueError
-        If the file is empty or unreadable (a FLAC header announcing 0
-        samples is reported as unreadable: libsndfile refuses it); the
-        message says why.
+        If the file is missing (a broken link), empty or unreadable (a
+        FLAC header announcing 0 samples is reported as unreadable:
+        libsndfile refuses it); the message says why.
 
     Example
     -------
@@ -262,7 +346,12 @@ def probe_audio(path):
     >>> probe_audio(path)
     0.5
     """
-    if os.path.getsize(path) == 0:
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        reason = "broken link" if os.path.islink(path) else "cannot open"
+        raise ValueError(f"{reason} ({error.strerror})") from error
+    if size == 0:
         raise ValueError("empty file (0 bytes)")
     head = tail = ()
     try:
@@ -282,22 +371,17 @@ def probe_audio(path):
 
 
 def _prepare_split(split_folder, split, csv_path, skipped_path, n_sentences):
-    """Writes one split's CSV and its list of skipped files."""
-    transcripts = read_transcripts(split_folder)
-    audio_paths = sorted(
-        glob.glob(os.path.join(split_folder, "*", "*", "*.flac"))
-    )
+    """Writes one split's CSV and its list of skipped files and lines."""
+    transcripts, bad_lines = read_transcripts(split_folder)
+    audio_paths = _audio_files(split_folder)
     if n_sentences is not None:
         audio_paths = audio_paths[:n_sentences]
     rows, skipped, seen = [], [], set()
     for path in tqdm(audio_paths, desc=f"Preparing {split}", unit="file"):
         utt_id = os.path.basename(path)[: -len(".flac")]
         seen.add(utt_id)
-        if utt_id not in transcripts:
-            skipped.append((path, "no transcript in its chapter's trans.txt"))
-            continue
         try:
-            duration = probe_audio(path)
+            duration = _check_audio(path, utt_id, transcripts, bad_lines)
         except ValueError as error:
             skipped.append((path, str(error)))
             continue
@@ -311,18 +395,26 @@ def _prepare_split(split_folder, split, csv_path, skipped_path, n_sentences):
                 transcripts[utt_id][0],
             )
         )
+    skipped.extend(sorted(bad_lines.values()))
     if n_sentences is None:
-        for utt_id, (_, trans_path) in sorted(transcripts.items()):
+        for utt_id, (_, where) in sorted(transcripts.items()):
             if utt_id not in seen:
-                skipped.append((trans_path, f"{utt_id}: no audio file"))
+                skipped.append((where, f"{utt_id}: no audio file"))
     for path, reason in skipped:
         logger.warning("%s: left out: %s: %s", split, path, reason)
 
-    write_text_atomic(csv_path, _csv_text(CSV_HEADER, rows))
     write_text_atomic(
         skipped_path,
         "".join(f"{path}\t{reason}\n" for path, reason in skipped),
     )
+    if not rows:
+        raise ConfigError(
+            f"LibriSpeech split {split} has no usable utterance: "
+            f"{len(audio_paths)} .flac files in {split_folder}, "
+            f"{len(skipped)} files or transcript lines left out (listed "
+            f"with their reasons in {skipped_path})"
+        )
+    write_text_atomic(csv_path, _csv_text(CSV_HEADER, rows))
     hours = sum(float(row[1]) for row in rows) / 3600
     message = "%s: %d utterances (%.2f h) in %s; %d skipped"
     args = [split, len(rows), hours, csv_path, len(skipped)]
@@ -332,16 +424,57 @@ def _prepare_split(split_folder, split, csv_path, skipped_path, n_sentences):
     logger.info(message, *args)
 
 
+def _audio_files(split_folder):
+    """The split's ``.flac`` files, sorted; a utterance ID twice stops."""
+    paths = sorted(glob.glob(os.path.join(split_folder, "*", "*", "*.flac")))
+    first = {}
+    for path in paths:
+        utt_id = os.path.basename(path)
+        if utt_id in first:
+            raise ConfigError(
+                f"utterance ID {utt_id[: -len('.flac')]} has two audio "
+                f"files, {first[utt_id]} and {path}: keep one"
+            )
+        first[utt_id] = path
+    return paths
+
+
+def _check_audio(path, utt_id, transcripts, bad_lines):
+    """The duration of a usable utterance; ValueError says why not."""
+    problem = csv_path_problem(path)
+    if problem:
+        raise ValueError(f"the path {problem}")
+    if utt_id.count("-") != 2:
+        raise ValueError("not named <speaker>-<chapter>-<utterance>.flac")
+    if utt_id in bad_lines:
+        where, reason = bad_lines[utt_id]
+        raise ValueError(f"its transcript line {where} is left out ({reason})")
+    if utt_id not in transcripts:
+        raise ValueError("no transcript in its chapter's trans.txt")
+    return probe_audio(path)
+
+
 def _merge_csvs(csv_paths, merged_path):
-    """Concatenates CSVs with the same header into ``merged_path``."""
-    rows = []
+    """Concatenates CSVs with the same header into ``merged_path``.
+
+    A utterance ID in two of them stops (ConfigError).
+    """
+    rows, first = [], {}
     for path in csv_paths:
         with open(path, encoding="utf-8", newline="") as csv_file:
             reader = csv.reader(csv_file)
             header = next(reader)
             if tuple(header) != CSV_HEADER:
                 raise ValueError(f"{path}: unexpected header {header}")
-            rows.extend(reader)
+            for row in reader:
+                if row[0] in first:
+                    raise ConfigError(
+                        f"utterance ID {row[0]} is in {first[row[0]]} and "
+                        f"{path}, which are merged into {merged_path}: "
+                        "remove it from one split"
+                    )
+                first[row[0]] = path
+                rows.append(row)
     write_text_atomic(merged_path, _csv_text(CSV_HEADER, rows))
     logger.info(
         "%s: %d utterances merged from %s", merged_path, len(rows), csv_paths

@@ -45,6 +45,7 @@ from s3l_plugin.data.batching import (
     train_loader_kwargs,
 )
 from s3l_plugin.data.sources import (
+    load_csv_dataset,
     prepare_csvs,
     resolve_data_folder,
     resolve_noise_csv,
@@ -217,10 +218,11 @@ class S3LPretrain(S3LBrain):
         )
 
 
-def dataio_prepare(hparams):
+def dataio_prepare(hparams, data_folder=None):
     """Train and valid datasets with their audio pipeline, and the sampler.
 
     The sampler is None without ``dynamic_batching`` (fixed-size batches).
+    ``$data_root`` in a CSV stands for ``data_folder``.
     """
     pipeline = make_audio_pipeline(
         hparams["sample_rate"],
@@ -229,8 +231,8 @@ def dataio_prepare(hparams):
     )
     datasets = []
     for csv_name in ("train.csv", f"{hparams['dev_splits'][0]}.csv"):
-        dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            os.path.join(hparams["csv_folder"], csv_name)
+        dataset = load_csv_dataset(
+            os.path.join(hparams["csv_folder"], csv_name), data_folder
         )
         dataset = dataset.filtered_sorted(
             key_min_value={"duration": hparams["min_duration"]},
@@ -316,7 +318,7 @@ def main(argv):
         merge_name="train.csv",
         skip_prep=hparams["skip_prep"],
     )
-    train_set, valid_set, sampler = dataio_prepare(hparams)
+    train_set, valid_set, sampler = dataio_prepare(hparams, data_folder)
 
     brain = S3LPretrain(
         modules=hparams["modules"],

@@ -4,8 +4,8 @@ SpeechBrain's ``read_audio`` neither resamples nor down-mixes, and a corrupt
 file raises inside a DataLoader worker, which ends a multi-hour run. Here
 every file is checked: fixable problems (wrong sample rate, several
 channels) are fixed with a warning (once per file and process, not every
-epoch), unusable files (unreadable, empty, silent, non-finite samples, too
-long or too short) are reported with their path and reason and dropped from
+epoch), unusable files (unreadable, empty, silent, non-finite or huge
+samples, too long or too short) are reported with their path and reason and dropped from
 the batch by :class:`SkipBadAudioCollate`.
 """
 
@@ -17,6 +17,13 @@ import torchaudio
 from speechbrain.dataio.batch import PaddedBatch
 
 logger = logging.getLogger(__name__)
+
+# Largest accepted sample magnitude. Float audio lies within [-1, 1], but
+# files scaled like integers (up to 2**31) occur and give the same features
+# (they are normalised per utterance); from an amplitude of about 1e17 the
+# power spectrum overflows float32 and every feature is NaN (measured with
+# s3l_plugin.features.MelFeatures: finite at 1e17, NaN at 1e18).
+MAX_AMPLITUDE = 1e15
 
 # Files already warned about in this process: a fixable file is loaded
 # every epoch, and one warning is enough.
@@ -57,7 +64,8 @@ def load_audio(path, sample_rate=16000, max_seconds=None, min_seconds=None):
     ------
     AudioLoadError
         With the path and the reason: unreadable, empty, silent,
-        non-finite samples, too long or too short.
+        non-finite samples or above ``MAX_AMPLITUDE``, too long or too
+        short.
 
     Example
     -------
@@ -81,6 +89,12 @@ def load_audio(path, sample_rate=16000, max_seconds=None, min_seconds=None):
     peak = wav.abs().max()
     if not torch.isfinite(peak):
         raise AudioLoadError(f"{path}: non-finite (NaN or Inf) samples")
+    if float(peak) > MAX_AMPLITUDE:
+        raise AudioLoadError(
+            f"{path}: peak amplitude {float(peak):.3g} is above "
+            f"{MAX_AMPLITUDE:.0e}: not audio (float audio lies within "
+            "[-1, 1]), and its features would overflow"
+        )
     if wav.dim() == 2:
         if wav.shape[1] > 1:
             _warn_once(

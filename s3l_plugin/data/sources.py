@@ -5,9 +5,11 @@ mini corpus; the noise collection of the corpus, the YAML's ``noise_csv``
 or a generated one. Mistakes raise :class:`s3l_plugin.config.ConfigError`.
 """
 
+import csv
 import logging
 import os
 
+from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import run_on_main
 
 from s3l_plugin.config import ConfigError
@@ -229,3 +231,72 @@ def present_splits(hparams, data_folder, splits):
             sorted(set(splits) - set(present)),
         )
     return present
+
+
+def load_csv_dataset(csv_path, data_folder=None):
+    """A recipe CSV as a ``DynamicItemDataset``, its ``wav`` paths checked.
+
+    SpeechBrain's CSV reader replaces ``$name`` in every field; here
+    ``$data_root`` is the data folder, so ``$data_root/<path>`` is resolved
+    against it. Any other ``$`` is a mistake, and so is a relative ``wav``
+    path (it would be read relative to wherever the run is started).
+
+    Arguments
+    ---------
+    csv_path : str
+        CSV with at least the columns ``ID``, ``duration`` and ``wav``.
+    data_folder : str, optional
+        What ``$data_root`` stands for.
+
+    Returns
+    -------
+    DynamicItemDataset
+
+    Raises
+    ------
+    ConfigError
+        Naming the CSV: unreadable, a missing column, a duplicate ID, a
+        ``$`` other than ``$data_root``, or relative ``wav`` paths.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.csv")
+    >>> _ = open(path, "w").write("ID,duration,wav\\nu1,1.0,x/u1.flac\\n")
+    >>> load_csv_dataset(path, "/data")
+    Traceback (most recent call last):
+    ...
+    s3l_plugin.config.ConfigError: ...: 1 wav path(s) relative, e.g. u1: ...
+    """
+    replacements = {"data_root": data_folder} if data_folder else {}
+    try:
+        dataset = DynamicItemDataset.from_csv(csv_path, replacements)
+    except OSError as error:
+        raise ConfigError(f"cannot read {csv_path}: {error}") from error
+    except KeyError as error:
+        message = str(error.args[0]) if error.args else str(error)
+        if "requires replacements" in message:
+            message += (
+                " (SpeechBrain reads '$name' in a CSV as a variable; only "
+                "$data_root, the data folder, is defined)"
+            )
+        raise ConfigError(f"{csv_path}: {message}") from error
+    except (ValueError, csv.Error) as error:
+        # A duplicate ID, a duration that is not a number, bad UTF-8.
+        raise ConfigError(f"{csv_path}: {error}") from error
+    rows = dataset.data
+    if rows and not all("wav" in row for row in rows.values()):
+        raise ConfigError(f"{csv_path}: no 'wav' column")
+    relative = [
+        (utt_id, row["wav"])
+        for utt_id, row in rows.items()
+        if not os.path.isabs(row["wav"])
+    ]
+    if relative:
+        utt_id, wav = relative[0]
+        raise ConfigError(
+            f"{csv_path}: {len(relative)} wav path(s) relative, e.g. "
+            f"{utt_id}: {wav}: write absolute paths, or start them with "
+            "$data_root/ to resolve them against --data_folder"
+        )
+    return dataset
