@@ -2,8 +2,17 @@
 
 ``SpeakerProbe``: the frozen encoder's transformer layers, each summarised
 over time by statistics pooling (mean and standard deviation over its valid
-frames), combined by learned softmax weights and classified by one linear
-layer. Only the layer weights and the classifier train.
+frames) and standardised, combined by learned softmax weights and
+classified by one linear layer. Only the layer weights and the classifier
+train.
+
+The standardisation is a batch normalisation without learned scale whose
+statistics average over every training batch (the encoder is frozen, so
+they converge to the training set's); at test time it is a fixed affine
+map, and the probe stays linear. Without it the pooled statistics, most of
+whose spread is shared by all utterances, trained the classifier far more
+slowly (the test's toy encoder, 4 speakers, 54 steps: train accuracy 39 %
+without, 76 % with).
 
 Pooling comes before the weighted sum because the encoder's layers run at
 two frame rates (40 ms for ``transf1``, 80 ms for ``transf2``): utterance
@@ -16,6 +25,7 @@ Authors
 """
 
 import torch
+import torch.nn.functional as F
 from speechbrain.nnet.linear import Linear
 from speechbrain.nnet.pooling import StatisticsPooling
 from torch import nn
@@ -69,6 +79,10 @@ class SpeakerProbe(nn.Module):
                     f"{num_layers} transformer layers"
                 )
         self.pooling = pooling if pooling is not None else StatisticsPooling()
+        self.norms = nn.ModuleList(
+            nn.BatchNorm1d(2 * arch.d_model, affine=False, momentum=None)
+            for _ in self.layers
+        )
         self.layer_sum = WeightedLayerSum(len(self.layers))
         self.classifier = Linear(
             input_size=2 * arch.d_model, n_neurons=num_speakers
@@ -115,7 +129,7 @@ class SpeakerProbe(nn.Module):
         with torch.no_grad():
             encoded = self.encoder.encode(feats, feat_lens, return_layers=True)
         stats = []
-        for index in self.layers:
+        for index, norm in zip(self.layers, self.norms):
             frames = encoded.layers[index].float()
             lengths = encoded.layer_lengths[index]
             if int(lengths.min()) < 2:
@@ -125,5 +139,14 @@ class SpeakerProbe(nn.Module):
                     "shorter utterances"
                 )
             relative = lengths.float() / frames.shape[1]
-            stats.append(self.pooling(frames, relative))
+            pooled = self.pooling(frames, relative).squeeze(1)
+            stats.append(_standardise(norm, pooled).unsqueeze(1))
         return self.classifier(self.layer_sum(stats)).squeeze(1)
+
+
+def _standardise(norm, x):
+    """``norm(x)``; a one-utterance training batch uses the running stats
+    (a batch statistic of one sample is undefined)."""
+    if norm.training and x.shape[0] == 1:
+        return F.batch_norm(x, norm.running_mean, norm.running_var)
+    return norm(x)
