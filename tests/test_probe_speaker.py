@@ -71,8 +71,9 @@ def test_probe_trains_above_chance_and_writes_accuracy(
     # The sanity property: the classifier learns the training speakers.
     log = (output / "train_log.txt").read_text()
     accuracies = [float(a) for a in re.findall(r"accuracy: ([\d.e+-]+)", log)]
-    assert len(accuracies) == 7  # 6 epochs, then the test
+    assert len(accuracies) == 8  # 6 epochs, then train and test sets
     assert accuracies[5] > 2 * result["chance_accuracy"], log
+    assert result["train_accuracy"] > 2 * result["chance_accuracy"], log
     weights = result["layer_weights"]
     assert len(weights) == len(result["layers"]) == 2
     assert abs(sum(weights) - 1) < 1e-3 and weights != [0.5, 0.5]

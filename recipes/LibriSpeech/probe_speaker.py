@@ -8,8 +8,9 @@ drawn per speaker with the seed), a linear classifier trained on frozen
 representations. Here the representation is every transformer layer's
 statistics pooling (mean and standard deviation over time) combined by
 learned softmax layer weights (``s3l_plugin.probe.SpeakerProbe``). Test
-accuracy is printed and written with the train accuracy and the layer
-weights to ``<output_folder>/speaker_accuracy.json``.
+accuracy is printed and written with the accuracy on the training
+utterances (both in eval mode, after training) and the layer weights to
+``<output_folder>/speaker_accuracy.json``.
 
 To run::
 
@@ -113,9 +114,11 @@ class SpeakerProbeBrain(S3LBrain):
                 meta={"epoch": epoch}, num_to_keep=1
             )
         else:
-            self.test_stats = stats
+            split = getattr(self, "eval_split", "test")
+            self.eval_stats[split] = dict(stats, utterances=self.total)
             self.hparams.train_logger.log_stats(
-                stats_meta={"test utterances": self.total}, test_stats=stats
+                stats_meta={"evaluated": f"{split} ({self.total} utterances)"},
+                test_stats=stats,
             )
 
 
@@ -264,7 +267,7 @@ def main(argv):
     Returns
     -------
     SpeakerProbeBrain
-        The trained and tested Brain (``test_stats``, ``train_stats``).
+        The trained and tested Brain (``result``: what the JSON holds).
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     hparams = start_experiment(hparams_file, run_opts, overrides)
@@ -328,19 +331,24 @@ def main(argv):
         train,
         train_loader_kwargs=train_loader_kwargs(hparams, collate, sampler),
     )
-    brain.evaluate(
-        test,
-        test_loader_kwargs=eval_loader_kwargs(
-            hparams, collate, hparams["test_batch_size"]
-        ),
-    )
+    # The training utterances too, in eval mode: how well the classifier
+    # fits them, against how well it generalises to the test utterances.
+    brain.eval_stats = {}
+    for split, dataset in (("train", train), ("test", test)):
+        brain.eval_split = split
+        brain.evaluate(
+            dataset,
+            test_loader_kwargs=eval_loader_kwargs(
+                hparams, collate, hparams["test_batch_size"]
+            ),
+        )
     result = {
-        "test_accuracy": brain.test_stats["accuracy"],
-        "train_accuracy": brain.train_stats["accuracy"],
+        "test_accuracy": brain.eval_stats["test"]["accuracy"],
+        "train_accuracy": brain.eval_stats["train"]["accuracy"],
         "chance_accuracy": 100.0 / num_speakers,
         "speakers": num_speakers,
-        "train_utterances": len(train),
-        "test_utterances": brain.total,
+        "train_utterances": brain.eval_stats["train"]["utterances"],
+        "test_utterances": brain.eval_stats["test"]["utterances"],
         "encoder": init,
         "layers": model.layers,
         "layer_weights": [
