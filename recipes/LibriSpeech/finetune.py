@@ -18,6 +18,14 @@ To run (paper configuration)::
     python recipes/LibriSpeech/finetune.py hparams/finetune_ctc.yaml \
         --data_folder=/path/to/LibriSpeech --pretrained_path=results/s3l/1986
 
+Limited supervision (Libri-light's 10 min, 1 h or 10 h labelled sets, from
+``<data_folder>/librispeech_finetuning`` or ``--librilight_folder``; on the
+mini corpus a scaled-down copy is generated)::
+
+    python recipes/LibriSpeech/finetune.py hparams/finetune_ctc.yaml \
+        --data_folder=/path/to/LibriSpeech --pretrained_path=results/s3l/1986 \
+        --labelled_set=10h --total_steps=20000
+
 CPU demo on the synthetic mini corpus, after ``pretrain.py
 hparams/s3l_tiny.yaml``::
 
@@ -59,6 +67,7 @@ from s3l_plugin.data.sources import (
     prepare_csvs,
     present_splits,
     resolve_data_folder,
+    resolve_librilight_folder,
 )
 from s3l_plugin.decoding import (
     build_lexicon_lm,
@@ -73,7 +82,11 @@ from s3l_plugin.training import S3LBrain, start_experiment
 from s3l_plugin.vocabulary import CharVocabulary, SubwordVocabulary
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-from librispeech_prepare import prepare_librispeech  # noqa: E402
+from librispeech_prepare import (  # noqa: E402
+    LIBRILIGHT_SETS,
+    librilight_splits,
+    prepare_librispeech,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -496,6 +509,22 @@ def main(argv):
     )
     data_folder = resolve_data_folder(hparams)
     train_splits, valid_split = hparams["train_splits"], hparams["valid_split"]
+    labelled_set = hparams.get("labelled_set")
+    if labelled_set:
+        # Libri-light's limited-supervision sets replace train_splits.
+        if labelled_set not in LIBRILIGHT_SETS:
+            raise ConfigError(
+                f"labelled_set {labelled_set!r} is not a Libri-light set: "
+                f"choose one of {list(LIBRILIGHT_SETS)}, or null"
+            )
+        train_splits = librilight_splits(
+            labelled_set, resolve_librilight_folder(hparams, data_folder)
+        )
+        logger.info(
+            "Finetuning on Libri-light's %s set: %s",
+            labelled_set,
+            ", ".join(train_splits),
+        )
     test_splits = present_splits(hparams, data_folder, hparams["test_splits"])
     prepare_csvs(
         prepare_librispeech,

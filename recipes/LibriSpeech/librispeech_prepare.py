@@ -3,7 +3,10 @@
 Works for real LibriSpeech and for the synthetic mini corpus of
 ``s3l_plugin.data.mini_librispeech`` alike: both hold
 ``<split>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac`` files and
-``<speaker>-<chapter>.trans.txt`` transcripts.
+``<speaker>-<chapter>.trans.txt`` transcripts. A split may also be a
+folder path relative to the corpus root (or absolute) with that layout
+inside, such as the sub-folders of Libri-light's limited-supervision sets
+(``librilight_splits``); its CSV is named after the path, ``/`` -> ``_``.
 
 Each ``<save_folder>/<split>.csv`` has the columns ``ID,duration,wav,spk_id,
 wrd``: duration in seconds, ``wav`` an absolute path, ``spk_id``
@@ -150,7 +153,8 @@ def prepare_librispeech(
 
     os.makedirs(save_folder, exist_ok=True)
     outputs = {
-        split: os.path.join(save_folder, f"{split}.csv") for split in splits
+        split: os.path.join(save_folder, f"{split_file_name(split)}.csv")
+        for split in splits
     }
     if merge_lst:
         if not merge_name.endswith(".csv"):
@@ -179,7 +183,7 @@ def prepare_librispeech(
             os.path.join(data_folder, split),
             split,
             outputs[split],
-            os.path.join(save_folder, f"{split}_skipped.txt"),
+            os.path.join(save_folder, f"{split_file_name(split)}_skipped.txt"),
             n_sentences[split],
         )
     if merge_lst:
@@ -188,6 +192,28 @@ def prepare_librispeech(
         )
     write_text_atomic(options_path, json.dumps(options, indent=2) + "\n")
     return outputs
+
+
+def split_file_name(split):
+    """The file name (without extension) of a split's CSV.
+
+    Arguments
+    ---------
+    split : str
+        A split name or a folder path (Libri-light's sub-folders).
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> split_file_name("dev-clean")
+    'dev-clean'
+    >>> split_file_name("librispeech_finetuning/1h/0/clean")
+    'librispeech_finetuning_1h_0_clean'
+    """
+    return split.strip("/").replace("/", "_").replace(os.sep, "_")
 
 
 def _n_sentences_per_split(splits, select_n_sentences):
@@ -488,3 +514,116 @@ def _csv_text(header, rows):
     writer.writerow(header)
     writer.writerows(rows)
     return text.getvalue()
+
+
+# ---- Libri-light limited supervision ---------------------------------------
+# Libri-light's ``librispeech_finetuning`` (Kahn et al. 2020): six disjoint
+# 10-minute folds ``1h/0`` ... ``1h/5`` making up 1 h, and ``9h``, each with
+# ``clean/`` and ``other/`` sub-folders in LibriSpeech's split layout. The 10
+# min set is the first fold, 1 h all six, 10 h the 1 h set plus ``9h``.
+LIBRILIGHT_FOLDER = "librispeech_finetuning"
+LIBRILIGHT_SETS = {
+    "10min": ("1h/0",),
+    "1h": tuple(f"1h/{fold}" for fold in range(6)),
+    "10h": tuple(f"1h/{fold}" for fold in range(6)) + ("9h",),
+}
+LIBRILIGHT_SUBSETS = ("clean", "other")
+
+
+def librilight_splits(labelled_set, librilight_folder=LIBRILIGHT_FOLDER):
+    """The split folders of a Libri-light labelled set.
+
+    Arguments
+    ---------
+    labelled_set : str
+        ``"10min"``, ``"1h"`` or ``"10h"``.
+    librilight_folder : str
+        The ``librispeech_finetuning`` folder, relative to the LibriSpeech
+        root given to :func:`prepare_librispeech` (or absolute).
+
+    Returns
+    -------
+    list of str
+        Folders in LibriSpeech's split layout, for ``tr_splits``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown set.
+
+    Example
+    -------
+    >>> librilight_splits("10min")
+    ['librispeech_finetuning/1h/0/clean', 'librispeech_finetuning/1h/0/other']
+    >>> len(librilight_splits("1h")), librilight_splits("10h")[-1]
+    (12, 'librispeech_finetuning/9h/other')
+    """
+    if labelled_set not in LIBRILIGHT_SETS:
+        raise ValueError(
+            f"unknown Libri-light labelled set {labelled_set!r}; choose one "
+            f"of {list(LIBRILIGHT_SETS)}"
+        )
+    return [
+        os.path.join(librilight_folder, part, subset)
+        for part in LIBRILIGHT_SETS[labelled_set]
+        for subset in LIBRILIGHT_SUBSETS
+    ]
+
+
+def prepare_librilight(
+    data_folder,
+    save_folder,
+    labelled_set,
+    librilight_folder=LIBRILIGHT_FOLDER,
+    skip_prep=False,
+):
+    """Writes ``<save_folder>/<labelled_set>.csv`` for a Libri-light set.
+
+    :func:`prepare_librispeech` on the set's folders (one CSV each, same
+    columns and checks), merged. The finetuning recipe instead gives the
+    folders as training splits, with its validation and test splits.
+
+    Arguments
+    ---------
+    data_folder : str
+        LibriSpeech root (``librilight_folder`` is relative to it).
+    save_folder : str
+        Where the CSVs go.
+    labelled_set : str
+        ``"10min"``, ``"1h"`` or ``"10h"``.
+    librilight_folder : str
+        The ``librispeech_finetuning`` folder (relative or absolute).
+    skip_prep : bool
+        Do nothing at all.
+
+    Returns
+    -------
+    str or None
+        Path of the merged CSV; None if skipped.
+
+    Example
+    -------
+    >>> import tempfile, numpy
+    >>> root = tempfile.mkdtemp()
+    >>> for split in librilight_splits("10min"):
+    ...     chapter = os.path.join(root, split, "19", "198")
+    ...     os.makedirs(chapter)
+    ...     name = "0000" if split.endswith("clean") else "0001"
+    ...     sf.write(os.path.join(chapter, f"19-198-{name}.flac"),
+    ...              numpy.zeros(16000), 16000)
+    ...     with open(os.path.join(chapter, "19-198.trans.txt"), "w") as f:
+    ...         _ = f.write(f"19-198-{name} HELLO\\n")
+    >>> path = prepare_librilight(root, os.path.join(root, "csv"), "10min")
+    >>> [line.split(",")[0] for line in open(path).read().splitlines()]
+    ['ID', '19-198-0000', '19-198-0001']
+    """
+    splits = librilight_splits(labelled_set, librilight_folder)
+    outputs = prepare_librispeech(
+        data_folder,
+        save_folder,
+        tr_splits=splits,
+        merge_lst=splits,
+        merge_name=f"{labelled_set}.csv",
+        skip_prep=skip_prep,
+    )
+    return outputs.get(f"{labelled_set}.csv")

@@ -28,6 +28,12 @@ Command line::
     python -m s3l_plugin.data.mini_librispeech OUT_DIR [--seed S]
         [--train-minutes M] [--dev-minutes M] [--test-minutes M]
         [--text FILE | --sentences {random,grammar}] [--no-noise]
+        [--finetuning-sets [--seconds-per-hour S]]
+
+``--finetuning-sets`` (:func:`write_finetuning_sets`) also writes
+``OUT_DIR/librispeech_finetuning/``, Libri-light's limited-supervision
+layout made of training utterances, scaled down (by default one real hour
+is 60 s: the "10 min" fold holds about 10 s).
 
 Sentences are random strings of common words (``random``, the default) or
 drawn from a small English grammar (``grammar``, see
@@ -37,6 +43,7 @@ training transcripts predicts the held-out ones.
 
 import argparse
 import dataclasses
+import glob
 import hashlib
 import itertools
 import json
@@ -737,6 +744,168 @@ def generate_mini_librispeech(
     return dict(summary, already_complete=False)
 
 
+FINETUNING_FOLDER = "librispeech_finetuning"
+FINETUNING_FOLDS = 6  # 1h/0 ... 1h/5, 10 minutes each
+
+
+def write_finetuning_sets(corpus_dir, seconds_per_hour=60.0, seed=0):
+    """Writes Libri-light's ``librispeech_finetuning`` layout, scaled down.
+
+    Libri-light's folders (``1h/{0..5}/{clean,other}/`` and
+    ``9h/{clean,other}/``, each in LibriSpeech's split layout with
+    ``trans.txt`` files listing only the utterances it holds) are filled
+    with copies of ``train-clean-100`` utterances, none used twice. A real
+    hour is ``seconds_per_hour`` seconds here: each fold holds
+    ``seconds_per_hour / 6`` seconds of audio (half in ``clean``, half in
+    ``other``), ``9h`` nine times ``seconds_per_hour``; a folder is filled
+    until it reaches its share. The mini corpus has only clean speech:
+    ``other`` holds the utterances of every second training speaker (in id
+    order), ``clean`` those of the others.
+
+    Built in ``librispeech_finetuning.partial`` and renamed once complete,
+    with a ``.complete`` marker holding the arguments: asking again for the
+    same sets is a no-op, asking for others is an error.
+
+    Arguments
+    ---------
+    corpus_dir : str
+        A complete mini LibriSpeech (``generate_mini_librispeech``).
+    seconds_per_hour : float
+        Seconds of audio standing for one hour of Libri-light's.
+    seed : int
+        Seed of the utterance draw.
+
+    Returns
+    -------
+    str
+        The ``librispeech_finetuning`` folder.
+
+    Raises
+    ------
+    ValueError
+        If the corpus has too little training speech, or the folder holds
+        sets made with other arguments.
+
+    Example
+    -------
+    A corpus of two speakers with twelve 1-s utterances each:
+
+    >>> import tempfile
+    >>> corpus = tempfile.mkdtemp()
+    >>> for speaker in ("11", "12"):
+    ...     chapter = os.path.join(corpus, TRAIN, speaker, "100")
+    ...     os.makedirs(chapter)
+    ...     ids = [f"{speaker}-100-{utt:04d}" for utt in range(12)]
+    ...     for utt_id in ids:
+    ...         sf.write(os.path.join(chapter, f"{utt_id}.flac"),
+    ...                  np.zeros(SAMPLE_RATE), SAMPLE_RATE)
+    ...     write_text_atomic(os.path.join(chapter, f"{speaker}-100.trans.txt"),
+    ...                       "".join(f"{i} HELLO\\n" for i in ids))
+    >>> write_text_atomic(os.path.join(corpus, MARKER), "{}")
+    >>> folder = write_finetuning_sets(corpus, seconds_per_hour=1.0)
+    >>> sorted(os.listdir(os.path.join(folder, "1h")))
+    ['0', '1', '2', '3', '4', '5']
+    >>> sorted(os.listdir(os.path.join(folder, "9h")))
+    ['clean', 'other']
+    """
+    corpus_dir = os.path.abspath(corpus_dir)
+    if not os.path.isfile(os.path.join(corpus_dir, MARKER)):
+        raise ValueError(
+            f"{corpus_dir} holds no complete mini LibriSpeech (no {MARKER})"
+        )
+    out_dir = os.path.join(corpus_dir, FINETUNING_FOLDER)
+    options = {"seconds_per_hour": float(seconds_per_hour), "seed": int(seed)}
+    marker = os.path.join(out_dir, MARKER)
+    if os.path.isfile(marker):
+        with open(marker, encoding="utf-8") as marker_file:
+            stored = json.load(marker_file)
+        if stored != options:
+            raise ValueError(
+                f"{out_dir} holds Libri-light sets made with {stored}, not "
+                f"{options}; remove it to make them again"
+            )
+        return out_dir
+    if os.path.exists(out_dir):
+        raise FileExistsError(
+            f"{out_dir} exists but was not completed by this generator (no "
+            f"{MARKER}); remove it"
+        )
+    if not seconds_per_hour > 0:
+        raise ValueError(
+            f"seconds_per_hour must be positive, got {seconds_per_hour}"
+        )
+    pools = _finetuning_pools(os.path.join(corpus_dir, TRAIN), seed)
+    fold_share = seconds_per_hour / FINETUNING_FOLDS / 2
+    targets = [(f"1h/{fold}", fold_share) for fold in range(FINETUNING_FOLDS)]
+    targets.append(("9h", 9 * seconds_per_hour / 2))
+    work_dir = _fresh_work_dir(out_dir)
+    for subset, pool in pools.items():
+        for part, share in targets:
+            chosen, seconds = [], 0.0
+            while seconds < share:
+                if not pool:
+                    shutil.rmtree(work_dir)
+                    raise ValueError(
+                        f"{corpus_dir}: too little training speech for "
+                        f"Libri-light sets at {seconds_per_hour} s per hour "
+                        f"(ran out in {part}/{subset}); lower "
+                        "seconds_per_hour or generate more train minutes"
+                    )
+                utterance = pool.pop()
+                chosen.append(utterance)
+                seconds += utterance[1]
+            _copy_utterances(chosen, os.path.join(work_dir, part, subset))
+    os.remove(os.path.join(work_dir, _PARTIAL_SENTINEL))
+    write_text_atomic(
+        os.path.join(work_dir, MARKER), json.dumps(options, indent=2)
+    )
+    os.rename(work_dir, out_dir)
+    logger.info("Libri-light limited-supervision sets written to %s", out_dir)
+    return out_dir
+
+
+def _finetuning_pools(train_dir, seed):
+    """``{"clean": [...], "other": [...]}`` of (path, seconds, line).
+
+    Each pool is shuffled with the seed; ``pop()`` draws from it.
+    """
+    pools = {"clean": [], "other": []}
+    speakers = sorted(os.listdir(train_dir), key=int)
+    for index, speaker in enumerate(speakers):
+        subset = "other" if index % 2 else "clean"
+        for trans_path in sorted(
+            glob.glob(os.path.join(train_dir, speaker, "*", "*.trans.txt"))
+        ):
+            folder = os.path.dirname(trans_path)
+            with open(trans_path, encoding="utf-8") as trans_file:
+                for line in trans_file:
+                    utt_id = line.split(" ", 1)[0]
+                    path = os.path.join(folder, f"{utt_id}.flac")
+                    seconds = sf.info(path).duration
+                    pools[subset].append((path, seconds, line.rstrip("\n")))
+    for subset, pool in pools.items():
+        random.Random(f"finetuning:{seed}:{subset}").shuffle(pool)
+    return pools
+
+
+def _copy_utterances(utterances, split_dir):
+    """Copies utterances into a split folder, with their trans.txt files."""
+    lines = defaultdict(list)  # chapter folder -> transcript lines
+    os.makedirs(split_dir, exist_ok=True)  # "other" may stay empty
+    for path, _, line in utterances:
+        chapter_dir = os.path.dirname(path)
+        speaker, chapter = chapter_dir.split(os.sep)[-2:]
+        folder = os.path.join(split_dir, speaker, chapter)
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
+        lines[(folder, f"{speaker}-{chapter}")].append(line)
+    for (folder, name), chapter_lines in lines.items():
+        write_text_atomic(
+            os.path.join(folder, f"{name}.trans.txt"),
+            "\n".join(sorted(chapter_lines)) + "\n",
+        )
+
+
 def main(argv=None):
     """Command line; see the module docstring."""
     parser = argparse.ArgumentParser(
@@ -763,6 +932,17 @@ def main(argv=None):
     parser.add_argument(
         "--no-noise", action="store_true", help="skip the noise collection"
     )
+    parser.add_argument(
+        "--finetuning-sets",
+        action="store_true",
+        help="also write librispeech_finetuning/ (Libri-light's layout)",
+    )
+    parser.add_argument(
+        "--seconds-per-hour",
+        type=float,
+        default=60.0,
+        help="audio seconds standing for a Libri-light hour (default 60)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -782,6 +962,10 @@ def main(argv=None):
         num_workers=args.workers,
         sentences=args.sentences,
     )
+    if args.finetuning_sets:
+        write_finetuning_sets(
+            args.out_dir, args.seconds_per_hour, seed=args.seed
+        )
     for split, stats in summary["splits"].items():
         logger.info(
             "%-16s %3d speakers %5d utterances %7.2f min",

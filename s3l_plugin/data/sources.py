@@ -300,3 +300,68 @@ def load_csv_dataset(csv_path, data_folder=None):
             "$data_root/ to resolve them against --data_folder"
         )
     return dataset
+
+
+def resolve_librilight_folder(hparams, data_folder):
+    """The Libri-light ``librispeech_finetuning`` folder, made if needed.
+
+    ``librilight_folder`` (relative to the corpus root, or absolute); on
+    the generated mini corpus (no ``data_folder``) a scaled-down copy of
+    the layout is written first (``write_finetuning_sets``, one real hour
+    being ``mini_corpus_seconds_per_hour`` seconds, 60 by default).
+
+    Arguments
+    ---------
+    hparams : dict
+        Loaded YAML: ``librilight_folder``, ``data_folder``.
+    data_folder : str
+        Resolved corpus root.
+
+    Returns
+    -------
+    str
+        ``librilight_folder`` as given (it exists under ``data_folder``).
+
+    Raises
+    ------
+    ConfigError
+        If the folder is missing from a given ``data_folder``.
+
+    Example
+    -------
+    >>> resolve_librilight_folder(
+    ...     {"data_folder": "/x", "librilight_folder": "librispeech_finetuning"},
+    ...     "/x",
+    ... )
+    Traceback (most recent call last):
+    ...
+    s3l_plugin.config.ConfigError: Libri-light folder /x/librispeech_finetuning ...
+    """
+    folder = hparams.get("librilight_folder") or "librispeech_finetuning"
+    path = os.path.join(data_folder, folder)
+    if not hparams.get("data_folder"):
+        from s3l_plugin.data.mini_librispeech import write_finetuning_sets
+
+        if os.path.normpath(path) != os.path.join(
+            os.path.normpath(data_folder), "librispeech_finetuning"
+        ):
+            raise ConfigError(
+                "librilight_folder cannot be set without --data_folder: the "
+                "mini corpus makes its own librispeech_finetuning/"
+            )
+        seconds = hparams.get("mini_corpus_seconds_per_hour") or 60.0
+        try:
+            run_on_main(
+                write_finetuning_sets,
+                args=[data_folder],
+                kwargs={"seconds_per_hour": seconds},
+            )
+        except (ValueError, FileExistsError) as error:
+            raise ConfigError(str(error)) from error
+    elif not os.path.isdir(path):
+        raise ConfigError(
+            f"Libri-light folder {path} does not exist: unpack Libri-light's "
+            "librispeech_finetuning.tgz into the LibriSpeech folder, or pass "
+            "--librilight_folder=/path/to/librispeech_finetuning"
+        )
+    return folder
