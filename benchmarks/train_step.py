@@ -482,10 +482,12 @@ def load_reference(path):
     """
     path = os.path.abspath(path)
     if not os.path.isfile(os.path.join(path, "models", "ssl.py")):
-        sys.exit(
+        print(
             f"s3l: error: {path}: not a checkout of the S3LSpeech reference "
-            "(no models/ssl.py)"
+            "(no models/ssl.py)",
+            file=sys.stderr,
         )
+        sys.exit(2)
     sys.path.insert(0, path)
     if REFERENCE_STUBS not in sys.path:
         sys.path.append(REFERENCE_STUBS)  # last: installed packages win
