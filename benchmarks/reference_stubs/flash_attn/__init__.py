@@ -1,0 +1,1 @@
+"""STUB of ``flash_attn`` for the reference benchmark (see README.md)."""

@@ -1,0 +1,1 @@
+"""STUB of ``flash_attn.modules`` for the reference benchmark."""

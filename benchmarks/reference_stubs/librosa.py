@@ -1,0 +1,1 @@
+"""STUB of ``librosa``: empty (noise-file perturbation only, not run)."""

@@ -1,0 +1,3 @@
+"""STUB of ``omegaconf``: only ``MISSING`` (dataclass defaults)."""
+
+MISSING = "???"

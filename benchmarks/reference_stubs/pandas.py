@@ -1,0 +1,1 @@
+"""STUB of ``pandas``: empty (noise-file perturbation only, not run)."""
