@@ -55,7 +55,7 @@ from s3l_plugin.config import (
     parse_arguments,
     run_cli,
 )
-from s3l_plugin.ctc import ctc_feasible, ctc_loss, greedy_decode
+from s3l_plugin.ctc import S3LCTC, ctc_feasible, ctc_loss, greedy_decode
 from s3l_plugin.data.audio import SkipBadAudioCollate, make_audio_pipeline
 from s3l_plugin.data.batching import (
     eval_loader_kwargs,
@@ -467,6 +467,13 @@ def write_inference_folder(brain, hparams, data_folder):
     # A copy: the Brain keeps its state (the last step's, if no test set
     # loaded the best checkpoint).
     model = copy.deepcopy(unwrap_module(brain.modules.model))
+    if not isinstance(model, S3LCTC):
+        # E.g. the CRDNN baseline: the folder's YAML declares an S3LCTC.
+        logger.info(
+            "No inference folder: written for S3L models only, not %s",
+            type(model).__name__,
+        )
+        return
     best = brain.checkpointer.find_checkpoint(min_key=hparams["best_key"])
     if best is not None:
         load_state_dict_checked(model, best.paramfiles["model"])
