@@ -148,6 +148,7 @@ NUMBER_RULES = {
     "number_of_epochs": ("an integer >= 1", lambda v: _is_int(v, 1)),
     "total_steps": ("an integer >= 1", lambda v: _is_int(v, 1)),
     "num_workers": ("an integer >= 0", lambda v: _is_int(v, 0)),
+    "freeze_encoder_steps": ("an integer >= 0", lambda v: _is_int(v, 0)),
     "lr": ("a number > 0", lambda v: _is_number(v) and v > 0),
     "lr_encoder": ("a number > 0", lambda v: _is_number(v) and v > 0),
     "lr_head": ("a number > 0", lambda v: _is_number(v) and v > 0),
@@ -682,11 +683,25 @@ def parse_arguments(argv):
     restart : bool
         Whether ``--restart`` was given (see ``start_experiment``).
 
+    Raises
+    ------
+    ConfigError
+        If an option is given twice (SpeechBrain would keep one silently,
+        or stop on the overrides' duplicate key with a traceback).
+
     Example
     -------
     >>> parse_arguments(["hp.yaml", "--restart", "--lr=0.1"])[2:]
     ('lr: 0.1', True)
+    >>> parse_arguments(["hp.yaml", "--lr=0.1", "--lr", "0.2"])
+    Traceback (most recent call last):
+    ...
+    s3l_plugin.config.ConfigError: --lr is given twice: give it once
     """
+    names = [arg[2:].split("=")[0] for arg in argv if arg.startswith("--")]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"--{name} is given twice: give it once")
     restart = "--restart" in argv
     argv = [arg for arg in argv if arg != "--restart"]
     return (*sb.parse_arguments(argv), restart)

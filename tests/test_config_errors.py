@@ -65,6 +65,10 @@ CASES = {
         "ckpt_interval_steps is -1: it must be >= 0",
     ),
     "negative_lr": (["--lr=-1"], "lr is -1: it must be a number > 0"),
+    "option_given_twice": (
+        ["--lr=0.1", "--lr=0.2"],
+        "--lr is given twice: give it once",
+    ),
     "negative_num_workers": (
         ["--num_workers=-1"],
         "num_workers is -1: it must be an integer >= 0",
