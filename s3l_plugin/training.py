@@ -722,12 +722,56 @@ def start_experiment(hparams_file, run_opts, overrides, restart=False):
     if checkpointer is not None:
         options = training_options(hparams_file, overrides, hparams, run_opts)
     if options is not None:
+        if rank_and_world_size()[0] == 0:
+            check_newest_checkpoint_options(checkpointer, options)
         checkpointer.add_recoverable(
             "training_options", TrainingOptions(options), optional_load=True
         )
     sb.utils.distributed.ddp_init_group(run_opts)
     seed_rank(hparams["seed"], rank_and_world_size()[0])
     return hparams
+
+
+def check_newest_checkpoint_options(checkpointer, options):
+    """Refuses changed options before the output folder is written to.
+
+    The recipe's ``sb.create_experiment_directory`` rewrites
+    ``hyperparams.yaml`` with this run's options; a resume refused only
+    later (:meth:`S3LBrain.on_fit_start`) would leave the folder saying
+    the refused values. So the newest checkpoint whose options record
+    reads is compared here first; the full check still runs on the
+    checkpoint actually resumed.
+
+    Arguments
+    ---------
+    checkpointer : speechbrain.utils.checkpoints.Checkpointer
+        The run's.
+    options : dict
+        This run's :func:`s3l_plugin.config.training_options`.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`s3l_plugin.config.check_resumed_options`.
+    """
+    if not checkpointer.checkpoints_dir.is_dir():
+        return
+    checkpoints = sorted(
+        checkpointer.list_checkpoints(),
+        key=lambda checkpoint: checkpoint.meta.get("unixtime", 0),
+        reverse=True,
+    )
+    for checkpoint in checkpoints:
+        record = TrainingOptions(options)
+        path = checkpoint.paramfiles.get("training_options")
+        if path is None:
+            continue
+        try:
+            record.load(path)
+        except (OSError, ValueError):
+            continue  # damaged: the resume passes it over and says so
+        check_resumed_options(record.saved, options, str(checkpoint.path))
+        return
 
 
 def move_checkpoints_aside(folder):

@@ -304,8 +304,14 @@ def test_refusals_on_resume(
     )
     for line in lines.values():
         assert "pass --restart" in line
-    # Refused at start-up: nothing trained, the checkpoints left as they were.
+    # Refused at start-up: nothing trained, the checkpoints left as they
+    # were, and hyperparams.yaml still the resumed run's, not the refused.
     assert logged_steps(folders["lr"]) == logged_steps(finished_run)
+    for name in ("lr", "fewer_steps", "accumulation", "nested"):
+        with open(os.path.join(folders[name], "hyperparams.yaml")) as f:
+            kept = f.read()
+        with open(os.path.join(finished_run, "hyperparams.yaml")) as f:
+            assert kept == f.read(), name
 
 
 def test_restart_moves_the_checkpoints_aside(
