@@ -262,6 +262,36 @@ def test_skip_pretrain_without_a_pretraining_folder_is_one_error(
     assert not (tmp_path / "corpus").exists()
 
 
+def test_finetune_options_reach_every_run_and_make_it_another(
+    tmp_path, monkeypatch
+):
+    experiment = _load()
+    commands = []
+
+    def run(command, log_path, threads=None):
+        commands.append(command)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(experiment, "run", run)
+    csv_info = (str(tmp_path / "csv"), 1.0, 2)
+    for options in ([], ["freq_masks=2", "time_mask_ratio=0.025"]):
+        args = experiment.parse_args(
+            [f"--output={tmp_path}", "--tiny"]
+            + [f"--finetune-option={option}" for option in options]
+        )
+        with pytest.raises(RuntimeError, match="stop here"):
+            experiment.finetune(
+                args, "py", "crdnn", "small", 1, 3, csv_info, ""
+            )
+    assert "--freq_masks=2" not in commands[0]
+    assert commands[1][-2:] == ["--freq_masks=2", "--time_mask_ratio=0.025"]
+    # The options are part of the run's identity: no reuse across them.
+    started = tmp_path / "crdnn-small" / "1" / experiment.STARTED
+    assert "--freq_masks=2" in json.loads(started.read_text())["command"]
+    with pytest.raises(SystemExit):
+        experiment.parse_args(["--finetune-option=freq_masks"])
+
+
 def test_tiny_run_writes_every_result_and_reuses_finished_runs(tmp_path):
     experiment = _load()
     output = tmp_path / "out"

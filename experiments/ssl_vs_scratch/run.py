@@ -136,6 +136,14 @@ def parse_args(argv):
         "the finetuning steps",
     )
     parser.add_argument(
+        "--finetune-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of every finetuning run, as --KEY=VALUE on its "
+        "command line (e.g. freq_masks=2); repeatable",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -162,6 +170,9 @@ def parse_args(argv):
         args.pretrain_steps, args.finetune_steps = 3, 3
     if args.corpus is None:
         args.corpus = os.path.join(args.output, "corpus")
+    for option in args.finetune_option:
+        if "=" not in option or option.startswith("-"):
+            parser.error(f"--finetune-option {option!r}: give KEY=VALUE")
     if args.scratch_long_factor < 1:
         parser.error("--scratch-long-factor must be >= 1")
     if args.jobs < 1:
@@ -679,6 +690,7 @@ def finetune(args, python, init, split, seed, steps, csv_info, pretrained):
         f"--total_steps={steps}",
         f"--seed={seed}",
         "--noprogressbar",
+        *[f"--{option}" for option in args.finetune_option],
     ]
     if init == "s3l":
         command.append(f"--pretrained_path={pretrained}")
