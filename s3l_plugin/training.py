@@ -251,8 +251,8 @@ class S3LBrain(sb.Brain):
         norm on any rank. The decision is all-reduced, so every DDP rank
         takes the same one. Sets ``self.stepped``.
         """
-        optimizers = self.optimizers_dict or {"optimizer": self.optimizer}
-        optimizers = list(self.freeze_optimizers(optimizers).values())
+        every = self.optimizers_dict or {"optimizer": self.optimizer}
+        optimizers = list(self.freeze_optimizers(every).values())
         for optimizer in optimizers:
             self.scaler.unscale_(optimizer)
         if self.skip_nonfinite_grads and not self.scaler.is_enabled():
@@ -289,7 +289,9 @@ class S3LBrain(sb.Brain):
             if self.scaler.is_enabled():
                 self.scaler.update()  # lowers the fp16 loss scale
             self._report_skipped_step(bad_losses, bad_grad, batches)
-        for optimizer in optimizers:
+        # Every optimizer's, also those freeze_optimizers left out: their
+        # gradients must not pile up until they step again.
+        for optimizer in every.values():
             optimizer.zero_grad(set_to_none=True)
 
     def _report_skipped_step(self, bad_losses, bad_grad, batches):

@@ -138,6 +138,44 @@ def test_frozen_encoder_stays_frozen(tmp_path, corpus, pretrained):
     )
 
 
+def test_warm_start_trains_the_encoder_only_after_its_steps(
+    tmp_path, corpus, pretrained
+):
+    encoder, folder = pretrained
+    brains = {}
+    for steps in (2, 3):
+        brains[steps] = finetune.main(
+            _args(
+                corpus,
+                folder,
+                tmp_path / str(steps),
+                "--freeze_encoder_steps=2",
+                f"--total_steps={steps}",
+                "--number_of_epochs=1",
+                "--test_splits=[]",
+            )
+        )
+    warm = brains[2].modules.model
+    assert brains[2].optimizer_step == 2
+    assert set(brains[2].optimizers_dict) == {
+        "head_optimizer",
+        "encoder_optimizer",
+    }
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, warm.encoder.state_dict()[key]), key
+    # The gradients it computed meanwhile were dropped, not piled up.
+    assert all(p.grad is None for p in warm.encoder.parameters())
+    assert (warm.layer_sum.raw_weights != 0).any()
+    # From step 3 on the encoder trains.
+    trained = brains[3].modules.model.encoder.state_dict()
+    changed = [
+        key
+        for key, value in encoder.state_dict().items()
+        if not torch.equal(value, trained[key])
+    ]
+    assert any(key.startswith("transf") for key in changed), changed
+
+
 def test_tiny_finetune_lowers_loss_and_writes_wer(tmp_path, corpus, pretrained):
     output = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)

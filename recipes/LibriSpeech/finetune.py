@@ -193,6 +193,35 @@ class S3LFinetune(S3LBrain):
             sum(p.numel() for p in model.parameters() if not p.requires_grad),
         )
 
+    def freeze_optimizers(self, optimizers):
+        """The encoder's optimizer sits out the first freeze_encoder_steps.
+
+        A warm start as wav2vec 2.0's finetuning (its "freeze finetune
+        updates"): the randomly initialised head first learns to read the
+        pretrained representation, so that its early, large gradients do
+        not rewrite the encoder. The encoder still runs in training mode
+        and its gradients are computed (and dropped, see
+        ``S3LBrain.optimizers_step``); switching ``requires_grad`` instead
+        would change the parameters DDP reduces mid-run.
+
+        Arguments
+        ---------
+        optimizers : dict
+            Name -> optimizer.
+
+        Returns
+        -------
+        dict
+            The optimizers that step now.
+        """
+        if self.optimizer_step < self.hparams.freeze_encoder_steps:
+            optimizers = {
+                name: optimizer
+                for name, optimizer in optimizers.items()
+                if name != "encoder_optimizer"
+            }
+        return optimizers
+
     def on_fit_batch_start(self, batch, should_step):
         """Sets the lr of the coming optimizer step (tri-stage schedule).
 
