@@ -686,8 +686,9 @@ def parse_arguments(argv):
     Raises
     ------
     ConfigError
-        If an option is given twice (SpeechBrain would keep one silently,
-        or stop on the overrides' duplicate key with a traceback).
+        If an option is given twice with different values (SpeechBrain
+        would keep one silently, or stop on the overrides' duplicate key
+        with a traceback); the same value twice is harmless.
 
     Example
     -------
@@ -696,12 +697,21 @@ def parse_arguments(argv):
     >>> parse_arguments(["hp.yaml", "--lr=0.1", "--lr", "0.2"])
     Traceback (most recent call last):
     ...
-    s3l_plugin.config.ConfigError: --lr is given twice: give it once
+    s3l_plugin.config.ConfigError: --lr is given twice (0.1 and 0.2): ...
     """
-    names = [arg[2:].split("=")[0] for arg in argv if arg.startswith("--")]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(f"--{name} is given twice: give it once")
+    values = {}
+    for index, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        name, _, value = arg[2:].partition("=")
+        following = argv[index + 1] if index + 1 < len(argv) else "--"
+        if not value and not following.startswith("--"):
+            value = following
+        if values.setdefault(name, value) != value:
+            raise ConfigError(
+                f"--{name} is given twice ({values[name]} and {value}): "
+                "give it once"
+            )
     restart = "--restart" in argv
     argv = [arg for arg in argv if arg != "--restart"]
     return (*sb.parse_arguments(argv), restart)

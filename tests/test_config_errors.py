@@ -67,7 +67,7 @@ CASES = {
     "negative_lr": (["--lr=-1"], "lr is -1: it must be a number > 0"),
     "option_given_twice": (
         ["--lr=0.1", "--lr=0.2"],
-        "--lr is given twice: give it once",
+        "--lr is given twice (0.1 and 0.2): give it once",
     ),
     "negative_num_workers": (
         ["--num_workers=-1"],
