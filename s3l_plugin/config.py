@@ -18,6 +18,7 @@ import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import YAMLError
 
 logger = logging.getLogger(__name__)
@@ -683,35 +684,11 @@ def parse_arguments(argv):
     restart : bool
         Whether ``--restart`` was given (see ``start_experiment``).
 
-    Raises
-    ------
-    ConfigError
-        If an option is given twice with different values (SpeechBrain
-        would keep one silently, or stop on the overrides' duplicate key
-        with a traceback); the same value twice is harmless.
-
     Example
     -------
     >>> parse_arguments(["hp.yaml", "--restart", "--lr=0.1"])[2:]
     ('lr: 0.1', True)
-    >>> parse_arguments(["hp.yaml", "--lr=0.1", "--lr", "0.2"])
-    Traceback (most recent call last):
-    ...
-    s3l_plugin.config.ConfigError: --lr is given twice (0.1 and 0.2): ...
     """
-    values = {}
-    for index, arg in enumerate(argv):
-        if not arg.startswith("--"):
-            continue
-        name, _, value = arg[2:].partition("=")
-        following = argv[index + 1] if index + 1 < len(argv) else "--"
-        if not value and not following.startswith("--"):
-            value = following
-        if values.setdefault(name, value) != value:
-            raise ConfigError(
-                f"--{name} is given twice ({values[name]} and {value}): "
-                "give it once"
-            )
     restart = "--restart" in argv
     argv = [arg for arg in argv if arg != "--restart"]
     return (*sb.parse_arguments(argv), restart)
@@ -723,15 +700,36 @@ def _plain_overrides(overrides):
     Read as HyperPyYAML reads them (ruamel, YAML 1.2: ``1e-3`` is a
     number, which PyYAML would read as a string).
 
+    Raises
+    ------
+    ConfigError
+        If a key is given twice.
+
     Example
     -------
     >>> _plain_overrides("lr: 1e-3\\ntotal_steps: abc")
     {'lr': 0.001, 'total_steps': 'abc'}
+    >>> _plain_overrides("lr: 0.1\\nlr: 0.2")
+    Traceback (most recent call last):
+    ...
+    s3l_plugin.config.ConfigError: --lr is given twice (0.1 and 0.2): ...
     """
     if isinstance(overrides, dict):
         return overrides
     try:
         values = YAML(typ="safe").load(overrides or "{}")
+    except DuplicateKeyError as error:
+        # A YAML key given twice on the command line (HyperPyYAML would
+        # stop with a traceback; the run options, such as --device, are
+        # argparse's, where the last one wins).
+        found = re.search(
+            r'key "([^"]*)" with value "([^"]*)" \(original value: "([^"]*)"',
+            str(error.problem),
+        )
+        key, new, old = found.groups() if found else ("?", "?", "?")
+        raise ConfigError(
+            f"--{key} is given twice ({old} and {new}): give it once"
+        ) from error
     except YAMLError:
         return {}  # load_hyperpyyaml reads them and names any mistake
     return dict(values) if isinstance(values, dict) else {}
