@@ -758,18 +758,12 @@ def check_newest_checkpoint_options(checkpointer, options):
     """
     if not checkpointer.checkpoints_dir.is_dir():
         return
-    checkpoints = sorted(
-        checkpointer.list_checkpoints(),
-        key=lambda checkpoint: checkpoint.meta.get("unixtime", 0),
-        reverse=True,
-    )
-    for checkpoint in checkpoints:
-        record = TrainingOptions(options)
-        path = checkpoint.paramfiles.get("training_options")
-        if path is None:
-            continue
+    record = TrainingOptions(options)
+    for checkpoint in checkpointer.find_checkpoints(  # newest first
+        ckpt_predicate=lambda c: "training_options" in c.paramfiles
+    ):
         try:
-            record.load(path)
+            record.load(checkpoint.paramfiles["training_options"])
         except (OSError, ValueError):
             continue  # damaged: the resume passes it over and says so
         check_resumed_options(record.saved, options, str(checkpoint.path))
