@@ -298,6 +298,78 @@ class CTCHead(_UpsamplingHead):
         return self.output(y), out_lengths
 
 
+# ``head_type`` of the finetuning YAMLs -> head class.
+CTC_HEADS = {"linear": LinearCTCHead, "conv": CTCHead}
+
+
+def build_ctc_head(
+    head_type,
+    input_dim,
+    upsample,
+    vocab_size,
+    dropout,
+    channels=512,
+    kernel_size=5,
+    num_conv=2,
+    conv_impl="auto",
+):
+    """The CTC head that ``head_type`` names, from the YAML's head options.
+
+    HyperPyYAML's overrides merge into a ``!new:`` mapping and cannot
+    change its class, so the finetuning YAMLs build their head through
+    this function: ``--head_type=conv`` on the command line switches to
+    the paper's head.
+
+    Arguments
+    ---------
+    head_type : str
+        ``"linear"`` (:class:`LinearCTCHead`) or ``"conv"``
+        (:class:`CTCHead`, the paper's).
+    input_dim, upsample, vocab_size, dropout
+        As both heads take them.
+    channels, kernel_size, num_conv, conv_impl
+        :class:`CTCHead` only; the linear head has no such options.
+
+    Returns
+    -------
+    LinearCTCHead or CTCHead
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``head_type``.
+
+    Example
+    -------
+    >>> type(build_ctc_head("conv", 16, 4, 5, 0.1, channels=8)).__name__
+    'CTCHead'
+    >>> build_ctc_head("lstm", 16, 4, 5, 0.1)
+    Traceback (most recent call last):
+    ...
+    ValueError: head_type must be one of 'linear', 'conv'; got 'lstm'
+    """
+    if head_type not in CTC_HEADS:
+        choices = ", ".join(repr(name) for name in CTC_HEADS)
+        raise ValueError(
+            f"head_type must be one of {choices}; got {head_type!r}"
+        )
+    common = {
+        "input_dim": input_dim,
+        "upsample": upsample,
+        "vocab_size": vocab_size,
+        "dropout": dropout,
+    }
+    if head_type == "linear":
+        return LinearCTCHead(**common)
+    return CTCHead(
+        **common,
+        channels=channels,
+        kernel_size=kernel_size,
+        num_conv=num_conv,
+        conv_impl=conv_impl,
+    )
+
+
 class S3LCTC(nn.Module):
     """Encoder + weighted sum of its last layers + CTC head, one module.
 

@@ -295,3 +295,13 @@ def test_overrides_are_read_as_hyperpyyaml_reads_them():
         load_yaml(PRETRAIN_TINY_YAML, "number_of_epochs: 2.5")
     with pytest.raises(ConfigError, match="ckpt_interval_minutes is -1"):
         check_run_options(hparams, {"ckpt_interval_minutes": -1})
+
+
+def test_unknown_head_type_is_named():
+    from conftest import FINETUNE_TINY_YAML
+
+    with pytest.raises(
+        ConfigError,
+        match="head_type must be one of 'linear', 'conv'; got 'lstm'",
+    ):
+        load_yaml(FINETUNE_TINY_YAML, {"head_type": "lstm"})

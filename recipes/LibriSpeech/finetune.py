@@ -3,8 +3,8 @@
 
 The encoder (the pretraining student) is finetuned with a learned weighted
 sum of its last transformer layers, centred per utterance, an up-sampling
-CTC head (``LinearCTCHead``; the paper's convolutional ``CTCHead`` is a YAML
-switch) and a character (or SentencePiece) vocabulary. Validation decodes
+CTC head (``LinearCTCHead``; ``--head_type=conv``: the paper's convolutional
+``CTCHead``) and a character (or SentencePiece) vocabulary. Validation decodes
 greedily. After training, the validation split and the test sets are
 decoded greedily and, with ``beam_search``, by the paper's lexicon + n-gram
 beam search (its weights tuned on the validation split first); WERs go to
