@@ -325,10 +325,22 @@ def build_ctc_head(
     head_type : str
         ``"linear"`` (:class:`LinearCTCHead`) or ``"conv"``
         (:class:`CTCHead`, the paper's).
-    input_dim, upsample, vocab_size, dropout
-        As both heads take them.
-    channels, kernel_size, num_conv, conv_impl
-        :class:`CTCHead` only; the linear head has no such options.
+    input_dim : int
+        Size of the encoder frames.
+    upsample : int
+        Output frames per encoder frame.
+    vocab_size : int
+        Output classes, blank included.
+    dropout : float
+        The head's dropout.
+    channels : int
+        :class:`CTCHead` only: channels of its convolutions.
+    kernel_size : int
+        :class:`CTCHead` only: kernel of its convolutions (odd).
+    num_conv : int
+        :class:`CTCHead` only: convolution blocks after the up-sampling.
+    conv_impl : str
+        :class:`CTCHead` only: how its convolutions run.
 
     Returns
     -------
@@ -353,21 +365,20 @@ def build_ctc_head(
         raise ValueError(
             f"head_type must be one of {choices}; got {head_type!r}"
         )
-    common = {
+    options = {
         "input_dim": input_dim,
         "upsample": upsample,
         "vocab_size": vocab_size,
         "dropout": dropout,
     }
-    if head_type == "linear":
-        return LinearCTCHead(**common)
-    return CTCHead(
-        **common,
-        channels=channels,
-        kernel_size=kernel_size,
-        num_conv=num_conv,
-        conv_impl=conv_impl,
-    )
+    if head_type == "conv":
+        options.update(
+            channels=channels,
+            kernel_size=kernel_size,
+            num_conv=num_conv,
+            conv_impl=conv_impl,
+        )
+    return CTC_HEADS[head_type](**options)
 
 
 class S3LCTC(nn.Module):
