@@ -5,6 +5,7 @@ runners that start the recipes through ``hooked_recipe.py`` (the test
 hooks: crash after N steps, dump the final state).
 """
 
+import importlib.util
 import os
 import sys
 
@@ -61,6 +62,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOOKED_RECIPE = os.path.join(ROOT, "tests", "hooked_recipe.py")
 PRETRAIN_RECIPE = os.path.join(ROOT, "recipes", "LibriSpeech", "pretrain.py")
 PRETRAIN_TINY_YAML = os.path.join(ROOT, "hparams", "s3l_tiny.yaml")
+
+
+def load_experiment(name):
+    """Imports ``experiments/<name>/run.py`` as the module ``name``."""
+    path = os.path.join(ROOT, "experiments", name, "run.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # s3l_tiny.yaml shrunk further for tests: a 64-wide encoder, 10-s batches,
 # a log line per optimizer step.
 SMALL_PRETRAIN_ARGS = [

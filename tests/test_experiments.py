@@ -3,24 +3,18 @@
 and its from-scratch CRDNN baseline (``s3l_plugin.baselines``).
 """
 
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
+from conftest import ROOT, load_experiment
 
 from s3l_plugin.config import load_yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _load():
-    path = os.path.join(ROOT, "experiments", "ssl_vs_scratch", "run.py")
-    spec = importlib.util.spec_from_file_location("ssl_vs_scratch", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment("ssl_vs_scratch")
 
 
 def test_labelled_subset_takes_about_the_asked_minutes():

@@ -23,25 +23,15 @@ finetune = load_recipe(
 )
 
 
-@pytest.fixture(scope="module")
-def finetuned(finetune_runner, tmp_path_factory):
-    """Recipe run with beam search; its test-clean hypotheses by utterance."""
-    output = str(tmp_path_factory.mktemp("finetuned") / "out")
-    # The runner's defaults (greedy, no test set) replaced.
-    argv = [
-        arg
-        for arg in finetune_runner.argv(output)
-        if not arg.startswith(("--beam_search=", "--test_splits="))
-    ] + [
-        "--test_splits=[test-clean]",
-        "--total_steps=30",
-        "--number_of_epochs=10",
-        "--max_batch_length=30",
-        "--lr_head=0.02",
-        "--beam_size=4",
-        "--tune_lm_weights=[0.5, 2.0]",
-        "--tune_word_scores=[0.0]",
-    ]
+def _finetune_on_test_clean(runner, output, *extra, beam_search=False):
+    """``finetune.main`` on one thread, test-clean decoded.
+
+    The runner's defaults (no test set; greedy unless ``beam_search``)
+    replaced. Returns the Brain and test-clean's wav paths by utterance.
+    """
+    dropped = ("--test_splits=",) + (("--beam_search=",) if beam_search else ())
+    argv = [arg for arg in runner.argv(output) if not arg.startswith(dropped)]
+    argv += ["--test_splits=[test-clean]", *extra]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -50,15 +40,35 @@ def finetuned(finetune_runner, tmp_path_factory):
         torch.set_num_threads(threads)
     with open(os.path.join(output, "csv", "test-clean.csv")) as fin:
         wavs = {row["ID"]: row["wav"] for row in csv.DictReader(fin)}
+    return brain, wavs
 
-    def hyps(metric):
-        return {s["key"]: " ".join(s["hyp_tokens"]) for s in metric.scores}
 
+def _hypotheses(metric):
+    """Hypothesis text by utterance of an ``ErrorRateStats``."""
+    return {s["key"]: " ".join(s["hyp_tokens"]) for s in metric.scores}
+
+
+@pytest.fixture(scope="module")
+def finetuned(finetune_runner, tmp_path_factory):
+    """Recipe run with beam search; its test-clean hypotheses by utterance."""
+    output = str(tmp_path_factory.mktemp("finetuned") / "out")
+    brain, wavs = _finetune_on_test_clean(
+        finetune_runner,
+        output,
+        "--total_steps=30",
+        "--number_of_epochs=10",
+        "--max_batch_length=30",
+        "--lr_head=0.02",
+        "--beam_size=4",
+        "--tune_lm_weights=[0.5, 2.0]",
+        "--tune_word_scores=[0.0]",
+        beam_search=True,
+    )
     return {
         "folder": os.path.join(output, "inference"),
         "wavs": wavs,
-        "greedy": hyps(brain.wer_metric),
-        "beam": hyps(brain.beam_metric),
+        "greedy": _hypotheses(brain.wer_metric),
+        "beam": _hypotheses(brain.beam_metric),
         "results": brain.test_results,
     }
 
@@ -115,33 +125,20 @@ def test_paper_head_is_one_option_and_its_folder_transcribes(
     from s3l_plugin.ctc import CTCHead
 
     output = str(tmp_path / "out")
-    argv = [
-        arg
-        for arg in finetune_runner.argv(output)
-        if not arg.startswith("--test_splits=")
-    ] + [
-        "--test_splits=[test-clean]",
+    brain, wavs = _finetune_on_test_clean(
+        finetune_runner,
+        output,
         "--head_type=conv",
         "--head_channels=8",
         "--head_num_conv=1",
         "--total_steps=6",
         "--max_batch_length=30",
         "--lr_head=0.02",
-    ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        brain = finetune.main(argv)
-    finally:
-        torch.set_num_threads(threads)
+    )
     head = brain.modules.model.head
     assert isinstance(head, CTCHead)
     assert (head.channels, len(head.blocks)) == (8, 1)
-    with open(os.path.join(output, "csv", "test-clean.csv")) as fin:
-        wavs = {row["ID"]: row["wav"] for row in csv.DictReader(fin)}
-    expected = {
-        s["key"]: " ".join(s["hyp_tokens"]) for s in brain.wer_metric.scores
-    }
+    expected = _hypotheses(brain.wer_metric)
     ids = sorted(wavs)
     asr = EncoderASR.from_hparams(
         source=os.path.join(output, "inference"),

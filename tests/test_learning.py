@@ -8,23 +8,13 @@ plateau after 40 epochs (train loss 2.7); with them it falls below 1.0
 after 12-17 epochs (3 seeds).
 """
 
-import importlib.util
-import os
+from conftest import load_experiment
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 40
-
-
-def _overfit_check():
-    """``experiments/overfit_check/run.py``, the same code the check uses."""
-    path = os.path.join(ROOT, "experiments", "overfit_check", "run.py")
-    spec = importlib.util.spec_from_file_location("overfit_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tiny_ctc_model_overfits_eight_utterances(tiny_corpus):
     # The recipes' default head (head_type linear).
-    curve = _overfit_check().overfit_curve(tiny_corpus, "linear", 0, EPOCHS)
+    check = load_experiment("overfit_check")
+    curve = check.overfit_curve(tiny_corpus, "linear", 0, EPOCHS)
     assert curve[-1] < 1.0, f"still on the plateau after {EPOCHS}: {curve}"
