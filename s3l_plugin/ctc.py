@@ -298,8 +298,96 @@ class CTCHead(_UpsamplingHead):
         return self.output(y), out_lengths
 
 
+class LSTMCTCHead(_UpsamplingHead):
+    """Bidirectional-LSTM CTC head: an LSTM over the frames, then linear.
+
+    Dropout, ``num_layers`` bidirectional LSTM layers of ``hidden`` units
+    per direction over the valid frames (packed: padding never reaches a
+    valid frame), dropout, then one Linear to ``upsample`` frames of
+    linear logits per input frame (as :class:`LinearCTCHead`): the
+    recurrent downstream model of the SUPERB ASR protocol, small.
+
+    Arguments
+    ---------
+    input_dim : int
+        Size of the input frames.
+    upsample : int
+        Output frames per input frame.
+    hidden : int
+        LSTM units per direction.
+    num_layers : int
+        LSTM layers.
+    dropout : float
+        Dropout on the LSTM's input and output.
+    vocab_size : int
+        Output classes, blank included.
+
+    Example
+    -------
+    >>> head = LSTMCTCHead(input_dim=16, upsample=4, hidden=8,
+    ...                    vocab_size=5).eval()
+    >>> logits, lengths = head(torch.randn(2, 3, 16), torch.tensor([3, 2]))
+    >>> logits.shape, lengths.tolist()
+    (torch.Size([2, 12, 5]), [12, 8])
+    """
+
+    def __init__(
+        self,
+        input_dim=512,
+        upsample=8,
+        hidden=256,
+        num_layers=1,
+        dropout=0.1,
+        vocab_size=29,
+    ):
+        super().__init__()
+        self.upsample = upsample
+        self.vocab_size = vocab_size
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(
+            input_dim,
+            hidden,
+            num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.output = nn.Linear(2 * hidden, upsample * vocab_size)
+
+    def forward(self, x, lengths):
+        """Maps encoder frames to ``upsample`` frames of logits each.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            (B, T, input_dim) encoder frames.
+        lengths : torch.Tensor
+            (B,) long valid frames.
+
+        Returns
+        -------
+        logits : torch.Tensor
+            (B, upsample * T, vocab_size) linear logits.
+        out_lengths : torch.Tensor
+            (B,) long valid output frames (``upsample * lengths``).
+        """
+        batch, frames, _ = x.shape
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.dropout(x),
+            lengths.cpu().clamp(min=1),
+            batch_first=True,
+            enforce_sorted=False,
+        )
+        y, _ = nn.utils.rnn.pad_packed_sequence(
+            self.lstm(packed)[0], batch_first=True, total_length=frames
+        )
+        logits = self.output(self.dropout(y))
+        logits = logits.reshape(batch, frames * self.upsample, self.vocab_size)
+        return logits, self.output_lengths(lengths.to(x.device))
+
+
 # ``head_type`` of the finetuning YAMLs -> head class.
-CTC_HEADS = {"linear": LinearCTCHead, "conv": CTCHead}
+CTC_HEADS = {"linear": LinearCTCHead, "conv": CTCHead, "lstm": LSTMCTCHead}
 
 
 def build_ctc_head(
@@ -355,10 +443,10 @@ def build_ctc_head(
     -------
     >>> type(build_ctc_head("conv", 16, 4, 5, 0.1, channels=8)).__name__
     'CTCHead'
-    >>> build_ctc_head("lstm", 16, 4, 5, 0.1)
+    >>> build_ctc_head("rnn", 16, 4, 5, 0.1)
     Traceback (most recent call last):
     ...
-    ValueError: head_type must be one of 'linear', 'conv'; got 'lstm'
+    ValueError: head_type must be one of 'linear', 'conv', 'lstm'; got 'rnn'
     """
     if head_type not in CTC_HEADS:
         choices = ", ".join(repr(name) for name in CTC_HEADS)
@@ -378,6 +466,8 @@ def build_ctc_head(
             num_conv=num_conv,
             conv_impl=conv_impl,
         )
+    elif head_type == "lstm":
+        options.update(hidden=channels, num_layers=num_conv)
     return CTC_HEADS[head_type](**options)
 
 

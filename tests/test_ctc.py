@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from s3l_plugin.ctc import (
     S3LCTC,
     CTCHead,
+    LSTMCTCHead,
     WeightedLayerSum,
+    build_ctc_head,
     ctc_loss,
     greedy_decode,
 )
@@ -70,6 +72,22 @@ def test_ctc_head_ignores_padding():
     out_batch, lengths = head(padded, torch.tensor([3, 6]))
     assert torch.allclose(out_batch[0, :24], out_alone[0], atol=1e-5)
     assert lengths.tolist() == [24, 48]
+
+
+def test_lstm_head_ignores_padding_and_reads_the_yaml_options():
+    torch.manual_seed(0)
+    head = LSTMCTCHead(input_dim=16, upsample=4, hidden=8, vocab_size=7)
+    head.eval()
+    short = torch.randn(1, 3, 16)
+    batch = torch.cat([short, torch.randn(1, 3, 16)], dim=1)  # garbage pad
+    padded = torch.cat([batch, torch.randn(1, 6, 16)], dim=0)
+    out_alone, _ = head(short, torch.tensor([3]))
+    out_batch, lengths = head(padded, torch.tensor([3, 6]))
+    # Bidirectional: the backward pass must start at the true last frame.
+    assert torch.allclose(out_batch[0, :12], out_alone[0], atol=1e-5)
+    assert lengths.tolist() == [12, 24]
+    built = build_ctc_head("lstm", 16, 4, 7, 0.1, channels=8, num_conv=2)
+    assert (built.lstm.hidden_size, built.lstm.num_layers) == (8, 2)
 
 
 # ---- Loss and decoding -------------------------------------------------------

@@ -68,13 +68,25 @@ INITS = {
     "s3l": "hparams/finetune_ctc_tiny.yaml",
     "scratch": "hparams/finetune_ctc_tiny.yaml",
     "crdnn": "hparams/finetune_crdnn_tiny.yaml",
+    "s3l-frozen": "hparams/finetune_ctc_tiny.yaml",
+    "random-frozen": "hparams/finetune_ctc_tiny.yaml",
 }
 INIT_NAMES = {
     "s3l": "S3L pretrained",
     "scratch": "S3L from scratch",
     "crdnn": "CRDNN from scratch",
+    "s3l-frozen": "probe: S3L pretrained, frozen",
+    "random-frozen": "probe: S3L random init, frozen",
 }
+# The frozen probes: the encoder takes no gradient, only the head learns.
+FROZEN = {"s3l-frozen", "random-frozen"}
+PRETRAINED_INITS = {"s3l", "s3l-frozen"}
+SCRATCH = {"scratch", "crdnn"}  # the baselines S3L pretrained is judged by
+# Inits of the experiment unless --inits says otherwise.
+DEFAULT_INITS = ["s3l", "scratch", "crdnn"]
 SPLITS = ("small", "full")
+# --librispeech: the labelled split of each size (experiments/real_speech).
+REAL_SPLITS = {"small": "train-10min", "full": "train-1h"}
 TARGET_IMPROVEMENT = 30.0  # % relative WER, issue 12 item 4
 
 
@@ -105,7 +117,38 @@ def parse_args(argv):
         help="seed choosing the labelled subsets (the same for every run)",
     )
     parser.add_argument(
-        "--inits", nargs="+", choices=list(INITS), default=list(INITS)
+        "--inits", nargs="+", choices=list(INITS), default=DEFAULT_INITS
+    )
+    parser.add_argument(
+        "--librispeech",
+        default=None,
+        metavar="TRAIN_CLEAN_5",
+        help="real speech: build the speaker split of experiments/"
+        "real_speech/split.py from this LibriSpeech-layout folder (Mini "
+        "LibriSpeech train-clean-5) into --corpus, pretrain on its 22 "
+        "training speakers, finetune on train-10min (small) and train-1h "
+        "(full) and test on the 4 held-out speakers",
+    )
+    parser.add_argument(
+        "--test-speakers",
+        nargs="+",
+        default=None,
+        help="--librispeech: the held-out test speakers (default: the "
+        "split's 1970 4680 2136 3664)",
+    )
+    parser.add_argument(
+        "--dev-speakers",
+        nargs="+",
+        default=None,
+        help="--librispeech: the held-out dev speakers (default: 5789 6848)",
+    )
+    parser.add_argument(
+        "--pretrain-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the pretraining run (e.g. time_mask_ratio=0.05); "
+        "repeatable",
     )
     parser.add_argument(
         "--splits", nargs="+", choices=SPLITS, default=list(SPLITS)
@@ -170,9 +213,12 @@ def parse_args(argv):
         args.pretrain_steps, args.finetune_steps = 3, 3
     if args.corpus is None:
         args.corpus = os.path.join(args.output, "corpus")
-    for option in args.finetune_option:
-        if "=" not in option or option.startswith("-"):
-            parser.error(f"--finetune-option {option!r}: give KEY=VALUE")
+    for flag in ("finetune_option", "pretrain_option"):
+        for option in getattr(args, flag):
+            if "=" not in option or option.startswith("-"):
+                parser.error(
+                    f"--{flag.replace('_', '-')} {option!r}: give KEY=VALUE"
+                )
     if args.scratch_long_factor < 1:
         parser.error("--scratch-long-factor must be >= 1")
     if args.jobs < 1:
@@ -227,24 +273,32 @@ def prepare_subsets(args):
     from librispeech_prepare import prepare_librispeech
 
     full_csv = os.path.join(args.output, "csv_all")
+    labelled = list(REAL_SPLITS.values()) if args.librispeech else []
     prepare_librispeech(
         args.corpus,
         full_csv,
-        tr_splits=["train-clean-100"],
+        tr_splits=["train-clean-100", *labelled],
         dev_splits=["dev-clean"],
         te_splits=["test-clean"],
     )
-    with open(
-        os.path.join(full_csv, "train-clean-100.csv"), encoding="utf-8"
-    ) as fin:
-        reader = csv.DictReader(fin)
-        fieldnames, rows = reader.fieldnames, list(reader)
+
+    def read_split(split):
+        path = os.path.join(full_csv, f"{split}.csv")
+        with open(path, encoding="utf-8") as fin:
+            reader = csv.DictReader(fin)
+            return reader.fieldnames, list(reader)
+
+    fieldnames, rows = read_split("train-clean-100")
     folders = {}
     minutes = {"small": args.small_minutes, "full": args.full_minutes}
     for name in args.splits:
         folder = os.path.join(args.output, f"csv_{name}")
         os.makedirs(folder, exist_ok=True)
-        subset, got = labelled_subset(rows, minutes[name], args.data_seed)
+        if args.librispeech:
+            subset = read_split(REAL_SPLITS[name])[1]
+            got = sum(float(row["duration"]) for row in subset) / 60
+        else:
+            subset, got = labelled_subset(rows, minutes[name], args.data_seed)
         write_csv(os.path.join(folder, "train.csv"), subset, fieldnames)
         for split in ("dev-clean", "test-clean"):
             with open(os.path.join(full_csv, f"{split}.csv"), "rb") as src:
@@ -429,7 +483,7 @@ def improvements(summary):
     result = {}
     for split in SPLITS:
         rows = {r["init"]: r for r in summary if r["split"] == split}
-        baselines = [r for init, r in rows.items() if init != "s3l"]
+        baselines = [r for init, r in rows.items() if init in SCRATCH]
         if "s3l" not in rows or not baselines:
             continue
         s3l = rows["s3l"]
@@ -692,13 +746,15 @@ def finetune(args, python, init, split, seed, steps, csv_info, pretrained):
         "--noprogressbar",
         *[f"--{option}" for option in args.finetune_option],
     ]
-    if init == "s3l":
+    if init in PRETRAINED_INITS:
         command.append(f"--pretrained_path={pretrained}")
+    if init in FROZEN:
+        command.append("--freeze_encoder=True")
     identity = {
         "command": command[1:],
         "code": [file_hash(os.path.join(ROOT, path)) for path in command[1:3]],
     }
-    if init == "s3l":
+    if init in PRETRAINED_INITS:
         identity["encoder"] = file_stamp(
             os.path.join(pretrained, "encoder.ckpt")
         )
@@ -767,24 +823,40 @@ def main(argv=None):
     """Runs the whole experiment; returns the results dict."""
     args = parse_args(argv)
     pretrained, to_pretrain = pretrain_folders(args)
-    needs_encoder = "s3l" in args.inits
+    needs_encoder = bool(PRETRAINED_INITS & set(args.inits))
     if needs_encoder and not to_pretrain:
         for folder in set(pretrained.values()):
             check_pretrained(folder)
     os.makedirs(args.output, exist_ok=True)
-    from s3l_plugin.data.mini_librispeech import generate_mini_librispeech
+    if args.librispeech:
+        sys.path.insert(0, os.path.join(ROOT, "experiments", "real_speech"))
+        from split import build_split
 
-    generate_mini_librispeech(
-        args.corpus,
-        seed=0,
-        train_minutes=args.unlabelled_minutes,
-        dev_minutes=args.eval_minutes,
-        test_minutes=args.eval_minutes,
-        # Sentences of the recipes' grammar, so that the decoder's word
-        # n-gram (built from the labelled transcripts) can help.
-        sentences="grammar",
-        progress=False,
-    )
+        held_out = {
+            key: value
+            for key, value in (
+                ("test", args.test_speakers),
+                ("dev", args.dev_speakers),
+            )
+            if value
+        }
+        build_split(args.librispeech, args.corpus, **held_out)
+    else:
+        from s3l_plugin.data.mini_librispeech import (
+            generate_mini_librispeech,
+        )
+
+        generate_mini_librispeech(
+            args.corpus,
+            seed=0,
+            train_minutes=args.unlabelled_minutes,
+            dev_minutes=args.eval_minutes,
+            test_minutes=args.eval_minutes,
+            # Sentences of the recipes' grammar, so that the decoder's word
+            # n-gram (built from the labelled transcripts) can help.
+            sentences="grammar",
+            progress=False,
+        )
     folders = prepare_subsets(args)
     python = sys.executable
     seconds = {}
@@ -799,6 +871,7 @@ def main(argv=None):
             f"--total_steps={args.pretrain_steps}",
             f"--seed={seed}",
             "--noprogressbar",
+            *[f"--{option}" for option in args.pretrain_option],
         ]
         identity = {
             "command": command[1:],
@@ -819,7 +892,7 @@ def main(argv=None):
     for split in args.splits:
         for init in args.inits:
             steps = args.finetune_steps
-            if init != "s3l":
+            if init in SCRATCH:
                 steps *= args.scratch_long_factor
             for seed in args.seeds:
                 plan.append(
