@@ -85,7 +85,7 @@ class SpecAugment(nn.Module):
         self.time_width = time_width
         self.time_fill = time_fill
 
-    def forward(self, feats, feat_lens, generator=None):
+    def forward(self, feats, feat_lens, generator=None, return_time_mask=False):
         """Masks a batch of features (a new tensor; the input is kept).
 
         Arguments
@@ -96,27 +96,34 @@ class SpecAugment(nn.Module):
             (B,) long frame counts.
         generator : torch.Generator, optional
             Source of randomness (on ``feats``'s device).
+        return_time_mask : bool
+            Also return the (B, T) bool time mask (True on masked frames).
 
         Returns
         -------
         torch.Tensor
-            (B, T, F) masked features.
+            (B, T, F) masked features (and the time mask if asked).
         """
         if not self.training:
+            if return_time_mask:
+                return feats, torch.zeros(feats.shape[:2], dtype=torch.bool)
             return feats
         batch, max_len, num_bins = feats.shape
         feat_lens = feat_lens.to(feats.device).long().clamp(0, max_len)
         freq_mask = self.frequency_mask(
             batch, num_bins, feats.device, generator
         )
-        time_mask = self.time_mask(feat_lens, max_len, generator).unsqueeze(-1)
+        frames_mask = self.time_mask(feat_lens, max_len, generator)
+        time_mask = frames_mask.unsqueeze(-1)
         masked = feats.masked_fill(freq_mask.unsqueeze(1), 0.0)
         if self.time_fill == "zero":
-            return masked.masked_fill(time_mask, 0.0)
-        noise = torch.randn(
-            feats.shape, generator=generator, device=feats.device
-        )
-        return torch.where(time_mask, noise.to(feats.dtype), masked)
+            masked = masked.masked_fill(time_mask, 0.0)
+        else:
+            noise = torch.randn(
+                feats.shape, generator=generator, device=feats.device
+            )
+            masked = torch.where(time_mask, noise.to(feats.dtype), masked)
+        return (masked, frames_mask) if return_time_mask else masked
 
     def frequency_mask(self, batch, num_bins, device, generator=None):
         """(B, F) bool, True on masked frequency bins.

@@ -219,7 +219,9 @@ class ContrastiveLoss(nn.Module):
         valid = valid_mask(lengths, max_len) & (lengths >= 2).unsqueeze(1)
         return logits, valid
 
-    def forward(self, predictions, targets, lengths, generator=None):
+    def forward(
+        self, predictions, targets, lengths, generator=None, frame_mask=None
+    ):
         """Mean InfoNCE loss and accuracy over the valid frames.
 
         Arguments
@@ -232,6 +234,9 @@ class ContrastiveLoss(nn.Module):
             (B,) valid frames per utterance.
         generator : torch.Generator, optional
             For drawing the negatives.
+        frame_mask : torch.Tensor, optional
+            (B, T) bool: only these frames are predicted (their loss and
+            accuracy count); negatives still come from every valid frame.
 
         Returns
         -------
@@ -252,6 +257,8 @@ class ContrastiveLoss(nn.Module):
         (torch.Size([]), True, True)
         """
         logits, valid = self.logits(predictions, targets, lengths, generator)
+        if frame_mask is not None:
+            valid = valid & frame_mask.to(valid.device)
         frame_loss = torch.logsumexp(logits, dim=-1) - logits[..., 0]
         count = valid.sum().clamp(min=1)
         loss = torch.where(valid, frame_loss, 0.0).sum() / count

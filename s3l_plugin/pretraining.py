@@ -7,6 +7,7 @@ is what is trained.
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from s3l_plugin.lengths import relative_to_absolute
@@ -107,6 +108,8 @@ class S3LOutputs(NamedTuple):
     targets: torch.Tensor
     lengths: torch.Tensor
     num_samples: torch.Tensor
+    # (B, T') bool, the frames whose loss counts; None: every valid frame.
+    frame_mask: torch.Tensor = None
 
 
 class S3LInputs(NamedTuple):
@@ -116,9 +119,56 @@ class S3LInputs(NamedTuple):
     clean_feats: torch.Tensor
     feat_lens: torch.Tensor
     num_samples: torch.Tensor
+    # (B, T) bool, the student's time-masked feature frames (if asked).
+    time_mask: torch.Tensor = None
 
 
-def s3l_inputs(features, wavs, wav_lens, noise_augment=None, spec_augment=None):
+def masked_output_frames(time_mask, num_frames, unit, offset):
+    """Output frames whose input frames are mostly time-masked.
+
+    Output frame ``i`` of the encoder (valid convolutions, ``unit`` input
+    frames per output frame) is centred on input frames ``unit * i +
+    offset`` onwards; it counts as masked when at least half of those
+    ``unit`` frames are.
+
+    Arguments
+    ---------
+    time_mask : torch.Tensor
+        (B, T) bool, True on masked feature frames.
+    num_frames : int
+        Output frames T'.
+    unit : int
+        Input frames per output frame (the encoder's down-sampling).
+    offset : int
+        Input frames before the centre block of output frame 0.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, T') bool.
+
+    Example
+    -------
+    >>> mask = torch.zeros(1, 40, dtype=torch.bool)
+    >>> mask[0, 10:18] = True
+    >>> masked_output_frames(mask, 3, unit=8, offset=2).tolist()
+    [[False, True, False]]
+    """
+    batch, length = time_mask.shape
+    needed = offset + unit * num_frames
+    mask = time_mask[:, offset:needed].float()
+    mask = F.pad(mask, (0, needed - offset - mask.shape[1]))
+    return mask.reshape(batch, num_frames, unit).mean(-1) >= 0.5
+
+
+def s3l_inputs(
+    features,
+    wavs,
+    wav_lens,
+    noise_augment=None,
+    spec_augment=None,
+    with_time_mask=False,
+):
     """The student's (noisy, masked) and the teacher's (clean) features.
 
     Both feature sets come from one call of ``features``: clean and noisy
@@ -135,11 +185,14 @@ def s3l_inputs(features, wavs, wav_lens, noise_augment=None, spec_augment=None):
         (B,) relative lengths.
     noise_augment, spec_augment : callable, optional
         The student's augmentations; ``None`` skips one.
+    with_time_mask : bool
+        Also return ``spec_augment``'s time mask (a ``SpecAugment``).
 
     Returns
     -------
     S3LInputs
-        ``(student_feats, clean_feats, feat_lens, num_samples)``.
+        ``(student_feats, clean_feats, feat_lens, num_samples,
+        time_mask)``.
 
     Example
     -------
@@ -162,9 +215,14 @@ def s3l_inputs(features, wavs, wav_lens, noise_augment=None, spec_augment=None):
     else:
         clean, feat_lens = features(wavs, wav_lens)
         student_in = clean
-    if spec_augment is not None:
+    time_mask = None
+    if spec_augment is not None and with_time_mask:
+        student_in, time_mask = spec_augment(
+            student_in, feat_lens, return_time_mask=True
+        )
+    elif spec_augment is not None:
         student_in = spec_augment(student_in, feat_lens)
-    return S3LInputs(student_in, clean, feat_lens, num_samples)
+    return S3LInputs(student_in, clean, feat_lens, num_samples, time_mask)
 
 
 def s3l_targets(teacher, clean, feat_lens, num_frames, random_shift=None):
@@ -221,6 +279,7 @@ def s3l_forward(
     noise_augment=None,
     spec_augment=None,
     random_shift=None,
+    masked_frames_only=False,
 ):
     """Runs student and teacher on one batch, aligned frame by frame.
 
@@ -244,12 +303,16 @@ def s3l_forward(
         (B,) relative lengths.
     noise_augment, spec_augment, random_shift : callable, optional
         Augmentations; ``None`` (as in validation) leaves the input as is.
+    masked_frames_only : bool
+        Predict only the output frames whose input ``spec_augment`` time-
+        masked (``frame_mask``; METHOD.md 8.21); without ``spec_augment``
+        every valid frame counts.
 
     Returns
     -------
     S3LOutputs
-        Predictions and targets (B, T', D), lengths (B,), and the number of
-        valid samples (B,).
+        Predictions and targets (B, T', D), lengths (B,), the number of
+        valid samples (B,) and the frames whose loss counts (or None).
 
     Example
     -------
@@ -266,7 +329,14 @@ def s3l_forward(
     >>> outputs.predictions.shape == outputs.targets.shape
     True
     """
-    inputs = s3l_inputs(features, wavs, wav_lens, noise_augment, spec_augment)
+    inputs = s3l_inputs(
+        features,
+        wavs,
+        wav_lens,
+        noise_augment,
+        spec_augment,
+        with_time_mask=masked_frames_only,
+    )
     predictions, lengths = student(inputs.student_feats, inputs.feat_lens)
     targets = s3l_targets(
         teacher,
@@ -275,4 +345,15 @@ def s3l_forward(
         predictions.shape[1],
         random_shift,
     )
-    return S3LOutputs(predictions, targets, lengths, inputs.num_samples)
+    frame_mask = None
+    if inputs.time_mask is not None:
+        encoder = teacher.encoder
+        frame_mask = masked_output_frames(
+            inputs.time_mask,
+            predictions.shape[1],
+            encoder.downsampling,
+            (encoder.min_input_frames - encoder.downsampling) // 2,
+        )
+    return S3LOutputs(
+        predictions, targets, lengths, inputs.num_samples, frame_mask
+    )

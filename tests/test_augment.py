@@ -392,3 +392,26 @@ def test_noise_stream_without_usable_file_is_one_clear_error(tmp_path):
     stream = NoiseStream(csv_file, seed=0)
     with pytest.raises(ConfigError, match="none of its 2 noise files"):
         stream(torch.zeros(1, 100))
+
+
+def test_spec_augment_returns_the_time_mask_it_applied():
+    from s3l_plugin.pretraining import masked_output_frames
+
+    augment = SpecAugment(freq_masks=0, time_mask_ratio=0.05, time_width=20)
+    feats = torch.randn(2, 400, 8)
+    generator = torch.Generator().manual_seed(0)
+    masked, mask = augment(
+        feats, torch.tensor([400, 200]), generator, return_time_mask=True
+    )
+    assert mask.shape == (2, 400) and mask.any()
+    assert not mask[1, 200:].any()
+    # Masked frames were replaced, the others kept.
+    assert torch.equal(masked[~mask], feats[~mask])
+    assert not torch.isclose(masked[mask], feats[mask]).all()
+    # An output frame is masked when most of its centre block is.
+    frames = masked_output_frames(mask, 48, unit=8, offset=10)
+    blocks = mask[:, 10 : 10 + 8 * 48].reshape(2, 48, 8).float().mean(-1)
+    assert torch.equal(frames, blocks >= 0.5)
+    assert not augment.eval()(feats, torch.tensor([400, 200]), None, True)[
+        1
+    ].any()

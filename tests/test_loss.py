@@ -239,3 +239,24 @@ def test_shape_mismatch_is_an_error():
         ContrastiveLoss()(
             torch.randn(1, 4, 3), torch.randn(1, 5, 3), torch.tensor([4])
         )
+
+
+def test_frame_mask_counts_only_the_masked_frames():
+    torch.manual_seed(0)
+    loss_fn = ContrastiveLoss(num_negatives=4)
+    predictions = torch.randn(2, 8, 6)
+    targets = torch.randn(2, 8, 6)
+    lengths = torch.tensor([8, 5])
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, 2:4] = True
+    mask[1, 4:7] = True  # frames 5 and 6 are padding: never counted
+    generator = torch.Generator().manual_seed(1)
+    logits, valid = loss_fn.logits(predictions, targets, lengths, generator)
+    frame_loss = torch.logsumexp(logits, -1) - logits[..., 0]
+    expected = (frame_loss[0, 2:4].sum() + frame_loss[1, 4]) / 3
+    generator = torch.Generator().manual_seed(1)
+    loss, _ = loss_fn(predictions, targets, lengths, generator, mask)
+    assert torch.allclose(loss, expected)
+    generator = torch.Generator().manual_seed(1)
+    unmasked, _ = loss_fn(predictions, targets, lengths, generator)
+    assert not torch.allclose(unmasked, expected)

@@ -8,6 +8,7 @@ and the reshuffling; a subprocess runs the main command without
 import glob
 import json
 import logging
+import math
 import os
 import re
 
@@ -98,6 +99,45 @@ def test_tiny_fit_lowers_the_loss(fitted):
     assert last < first - 0.02, (first, last)
     losses = valid_losses(output)
     assert len(losses) >= 2 and losses[-1] < losses[0], losses
+
+
+def test_masked_frame_loss_predicts_only_the_masked_frames(
+    tiny_corpus, tmp_path, monkeypatch
+):
+    from s3l_plugin.loss import ContrastiveLoss
+
+    counted = []
+    forward = ContrastiveLoss.forward
+
+    def spy(self, predictions, targets, lengths, *args, frame_mask=None):
+        counted.append(None if frame_mask is None else frame_mask.clone())
+        return forward(
+            self, predictions, targets, lengths, *args, frame_mask=frame_mask
+        )
+
+    monkeypatch.setattr(ContrastiveLoss, "forward", spy)
+    output = str(tmp_path / "out")
+    recipe.main(
+        [
+            PRETRAIN_TINY_YAML,
+            f"--data_folder={tiny_corpus}",
+            f"--output_folder={output}",
+            "--noprogressbar",
+            "--total_steps=3",
+            "--dynamic_batch_sampler={max_batch_length: 10}",
+            "--log_interval=1",
+            "--loss_on_masked_frames=True",
+            "--time_mask_ratio=0.05",
+        ]
+    )
+    steps = train_steps(output)
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert all(math.isfinite(s["loss"]) for s in steps)
+    train = [mask for mask in counted if mask is not None]
+    # Training batches: a strict, non-empty subset of the frames counts;
+    # validation (clean input, no SpecAugment): every frame.
+    assert len(train) == 3 and None in counted
+    assert all(0 < mask.float().mean() < 0.9 for mask in train)
 
 
 def test_teacher_follows_the_student_without_training(fitted):

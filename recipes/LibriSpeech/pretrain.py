@@ -86,16 +86,22 @@ class S3LPretrain(S3LBrain):
             noise_augment=self.noise_augment if train else None,
             spec_augment=self.hparams.spec_augment if train else None,
             random_shift=self.hparams.random_shift if train else None,
+            masked_frames_only=self.hparams.loss_on_masked_frames,
         )
 
     def compute_objectives(self, outputs, batch, stage):
         """Contrastive loss; accumulates the statistics that are logged."""
         loss, accuracy = self.hparams.contrastive_loss(
-            outputs.predictions, outputs.targets, outputs.lengths
+            outputs.predictions,
+            outputs.targets,
+            outputs.lengths,
+            frame_mask=outputs.frame_mask,
         )
         # Detached running sums, per log interval and per stage: no host
         # sync until they are logged.
         frames = outputs.lengths.sum()
+        if outputs.frame_mask is not None:
+            frames = outputs.frame_mask.sum()
         padded = outputs.num_samples.numel() * batch.sig[0].shape[1]
         for stats in (self.interval_stats, self.stage_stats):
             stats["accuracy"] += accuracy.detach() * frames
