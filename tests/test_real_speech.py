@@ -132,3 +132,34 @@ def test_real_speech_mode_finetunes_the_named_splits_with_probes(
     assert "probe: S3L pretrained, frozen" in table
     # Probes are not the baselines that S3L pretrained is judged against.
     assert results["improvement"] == {}
+
+
+def test_phone_probe_rewrites_transcripts_as_folded_phones(tmp_path):
+    path = os.path.join(ROOT, "experiments", "real_speech", "phone_probe.py")
+    spec = importlib.util.spec_from_file_location("phone_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert len(probe.CLASSES) == 27 == len(set(probe.SYMBOLS.values()))
+    lexicon = {
+        "sing": [["S", "IH1", "NG"], ["S", "IY1", "NG"]],
+        "measure": [["M", "EH1", "ZH", "ER0"]],
+    }
+    s, ih, n, m, eh, sh, r = (
+        probe.SYMBOLS[p] for p in ("S", "IH", "N", "M", "EH", "SH", "R")
+    )
+    # First pronunciation, stress removed, NG->N, ZH->SH, ER->R; an
+    # unknown word is spelled, repeats collapsed ("mm" -> one M).
+    assert probe.phones_of("Sing MEASURE", lexicon) == (
+        f"{s}{ih}{n} {m}{eh}{sh}{r}"
+    )
+    assert probe.phones_of("mm", {}) == m
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "train.csv").write_text(
+        "ID,duration,wav,spk_id,wrd\nu1,1.0,/a.flac,s-1,SING\n"
+    )
+    (folder / "notes.txt").write_text("not a CSV")
+    counts = probe.convert(str(folder), str(tmp_path / "out"), lexicon)
+    assert counts == {"train.csv": 1}
+    rows = (tmp_path / "out" / "train.csv").read_text().splitlines()
+    assert rows[1] == f"u1,1.0,/a.flac,s-1,{s}{ih}{n}"
