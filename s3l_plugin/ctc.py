@@ -298,13 +298,12 @@ class CTCHead(_UpsamplingHead):
         return self.output(y), out_lengths
 
 
-class LSTMCTCHead(_UpsamplingHead):
+class LSTMCTCHead(LinearCTCHead):
     """Bidirectional-LSTM CTC head: an LSTM over the frames, then linear.
 
     Dropout, ``num_layers`` bidirectional LSTM layers of ``hidden`` units
     per direction over the valid frames (packed: padding never reaches a
-    valid frame), dropout, then one Linear to ``upsample`` frames of
-    linear logits per input frame (as :class:`LinearCTCHead`): the
+    valid frame), then :class:`LinearCTCHead` on the LSTM's output: the
     recurrent downstream model of the SUPERB ASR protocol, small.
 
     Arguments
@@ -340,10 +339,7 @@ class LSTMCTCHead(_UpsamplingHead):
         dropout=0.1,
         vocab_size=29,
     ):
-        super().__init__()
-        self.upsample = upsample
-        self.vocab_size = vocab_size
-        self.dropout = nn.Dropout(dropout)
+        super().__init__(2 * hidden, upsample, vocab_size, dropout)
         self.lstm = nn.LSTM(
             input_dim,
             hidden,
@@ -352,7 +348,6 @@ class LSTMCTCHead(_UpsamplingHead):
             bidirectional=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
-        self.output = nn.Linear(2 * hidden, upsample * vocab_size)
 
     def forward(self, x, lengths):
         """Maps encoder frames to ``upsample`` frames of logits each.
@@ -371,7 +366,6 @@ class LSTMCTCHead(_UpsamplingHead):
         out_lengths : torch.Tensor
             (B,) long valid output frames (``upsample * lengths``).
         """
-        batch, frames, _ = x.shape
         packed = nn.utils.rnn.pack_padded_sequence(
             self.dropout(x),
             lengths.cpu().clamp(min=1),
@@ -379,11 +373,9 @@ class LSTMCTCHead(_UpsamplingHead):
             enforce_sorted=False,
         )
         y, _ = nn.utils.rnn.pad_packed_sequence(
-            self.lstm(packed)[0], batch_first=True, total_length=frames
+            self.lstm(packed)[0], batch_first=True, total_length=x.shape[1]
         )
-        logits = self.output(self.dropout(y))
-        logits = logits.reshape(batch, frames * self.upsample, self.vocab_size)
-        return logits, self.output_lengths(lengths.to(x.device))
+        return super().forward(y, lengths)
 
 
 # ``head_type`` of the finetuning YAMLs -> head class.
