@@ -302,6 +302,6 @@ def test_unknown_head_type_is_named():
 
     with pytest.raises(
         ConfigError,
-        match="head_type must be one of 'linear', 'conv'; got 'lstm'",
+        match="head_type must be one of 'linear', 'conv', 'lstm'; got 'rnn'",
     ):
-        load_yaml(FINETUNE_TINY_YAML, {"head_type": "lstm"})
+        load_yaml(FINETUNE_TINY_YAML, {"head_type": "rnn"})
