@@ -106,7 +106,9 @@ class SpecAugment(nn.Module):
         """
         if not self.training:
             if return_time_mask:
-                return feats, torch.zeros(feats.shape[:2], dtype=torch.bool)
+                return feats, torch.zeros(
+                    feats.shape[:2], dtype=torch.bool, device=feats.device
+                )
             return feats
         batch, max_len, num_bins = feats.shape
         feat_lens = feat_lens.to(feats.device).long().clamp(0, max_len)

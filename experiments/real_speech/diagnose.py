@@ -106,7 +106,7 @@ def adjacent_cosine(utterances):
 
 def describe(encoder, wavs, seconds=10.0):
     """The measures of the module docstring, one dict per layer."""
-    per_utt = [frames_of(encoder, w.double().float()) for w in wavs]
+    per_utt = [frames_of(encoder, w) for w in wavs]
     noise = (
         torch.randn(
             int(seconds * 16000), generator=torch.Generator().manual_seed(0)
