@@ -113,11 +113,17 @@ def test_real_speech_mode_finetunes_the_named_splits_with_probes(
             "s3l",
             "s3l-frozen",
             "random-frozen",
+            "logmel-frozen",
             "--pretrain-option=time_mask_ratio=0.05",
         ]
     )
     runs = {run["init"]: run for run in results["runs"]}
-    assert sorted(runs) == ["random-frozen", "s3l", "s3l-frozen"]
+    assert sorted(runs) == [
+        "logmel-frozen",
+        "random-frozen",
+        "s3l",
+        "s3l-frozen",
+    ]
     # train-10min: the first 2 utterances of each of the 4 train speakers.
     assert {run["labelled_utterances"] for run in runs.values()} == {8}
     assert "--freeze_encoder=True" in runs["s3l-frozen"]["command"]
@@ -126,6 +132,12 @@ def test_real_speech_mode_finetunes_the_named_splits_with_probes(
         arg.startswith("--pretrained_path")
         for arg in runs["random-frozen"]["command"]
     )
+    # The floor: the same head on stacked log-mels, nothing learned below.
+    assert (
+        "--encoder=!new:logmel_floor.LogMelFrames"
+        in (runs["logmel-frozen"]["command"])
+    )
+    assert runs["logmel-frozen"]["test_cer"] is not None
     pretrain = (output / "pretrain" / "experiment_run.json").read_text()
     assert "--time_mask_ratio=0.05" in pretrain
     table = (output / "results.md").read_text()
@@ -163,3 +175,22 @@ def test_phone_probe_rewrites_transcripts_as_folded_phones(tmp_path):
     assert counts == {"train.csv": 1}
     rows = (tmp_path / "out" / "train.csv").read_text().splitlines()
     assert rows[1] == f"u1,1.0,/a.flac,s-1,{s}{ih}{n}"
+
+
+def test_logmel_floor_stacks_normalised_frames_and_zeroes_padding():
+    import torch
+
+    path = os.path.join(ROOT, "experiments", "real_speech", "logmel_floor.py")
+    spec = importlib.util.spec_from_file_location("logmel_floor", path)
+    floor_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor_module)
+    floor = floor_module.LogMelFrames(n_mels=16, stack=8)
+    feats = torch.randn(2, 40, 16)
+    encoded = floor.encode(feats, torch.tensor([40, 20]), return_layers=True)
+    assert encoded.out.shape == (2, 5, 128)
+    assert encoded.lengths.tolist() == [5, 2]
+    # Output frame 1 is feature frames 8..15, in time order.
+    assert torch.equal(encoded.out[0, 1], feats[0, 8:16].reshape(-1))
+    assert not encoded.out[1, 2:].any()
+    assert floor.architecture.d_model == 128
+    assert not list(floor.parameters())

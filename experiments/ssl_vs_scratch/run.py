@@ -70,6 +70,7 @@ INITS = {
     "crdnn": "hparams/finetune_crdnn_tiny.yaml",
     "s3l-frozen": "hparams/finetune_ctc_tiny.yaml",
     "random-frozen": "hparams/finetune_ctc_tiny.yaml",
+    "logmel-frozen": "hparams/finetune_ctc_tiny.yaml",
 }
 INIT_NAMES = {
     "s3l": "S3L pretrained",
@@ -77,9 +78,20 @@ INIT_NAMES = {
     "crdnn": "CRDNN from scratch",
     "s3l-frozen": "probe: S3L pretrained, frozen",
     "random-frozen": "probe: S3L random init, frozen",
+    "logmel-frozen": "probe: log-mel features (no encoder)",
 }
 # The frozen probes: the encoder takes no gradient, only the head learns.
-FROZEN = {"s3l-frozen", "random-frozen"}
+FROZEN = {"s3l-frozen", "random-frozen", "logmel-frozen"}
+# The log-mel floor: the probe's head on stacked log-mels in place of the
+# encoder (experiments/real_speech/logmel_floor.py, on PYTHONPATH).
+LOGMEL_OPTIONS = [
+    "--num_summed_layers=1",
+    "--encoder=!new:logmel_floor.LogMelFrames",
+]
+LOGMEL_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "real_speech",
+)
 PRETRAINED_INITS = {"s3l", "s3l-frozen"}
 SCRATCH = {"scratch", "crdnn"}  # the baselines S3L pretrained is judged by
 # Inits of the experiment unless --inits says otherwise.
@@ -234,6 +246,9 @@ def run(command, log_path, threads=None):
     print("$ " + " ".join(command), flush=True)
     start = time.time()
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [LOGMEL_PATH, env.get("PYTHONPATH")])
+    )
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     with open(log_path, "w", encoding="utf-8") as log:
@@ -750,6 +765,8 @@ def finetune(args, python, init, split, seed, steps, csv_info, pretrained):
         command.append(f"--pretrained_path={pretrained}")
     if init in FROZEN:
         command.append("--freeze_encoder=True")
+    if init == "logmel-frozen":
+        command.extend(LOGMEL_OPTIONS)
     identity = {
         "command": command[1:],
         "code": [file_hash(os.path.join(ROOT, path)) for path in command[1:3]],

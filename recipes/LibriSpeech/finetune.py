@@ -75,6 +75,7 @@ from s3l_plugin.decoding import (
     tune_decoder,
 )
 from s3l_plugin.distributed import unwrap_module
+from s3l_plugin.encoder import S3LEncoder
 from s3l_plugin.inference import write_asr_folder
 from s3l_plugin.lengths import relative_to_absolute
 from s3l_plugin.pretrained import load_state_dict_checked
@@ -496,11 +497,14 @@ def write_inference_folder(brain, hparams, data_folder):
     # A copy: the Brain keeps its state (the last step's, if no test set
     # loaded the best checkpoint).
     model = copy.deepcopy(unwrap_module(brain.modules.model))
-    if not isinstance(model, S3LCTC):
-        # E.g. the CRDNN baseline: the folder's YAML declares an S3LCTC.
+    if not isinstance(model, S3LCTC) or not isinstance(
+        model.encoder, S3LEncoder
+    ):
+        # E.g. the CRDNN baseline or the log-mel probe floor: the folder's
+        # YAML declares an S3LCTC on an S3LEncoder.
         logger.info(
             "No inference folder: written for S3L models only, not %s",
-            type(model).__name__,
+            type(getattr(model, "encoder", model)).__name__,
         )
         return
     best = brain.checkpointer.find_checkpoint(min_key=hparams["best_key"])
