@@ -36,7 +36,7 @@ from speechbrain.utils.checkpoints import (
 )
 from torch import nn
 
-from s3l_plugin.ctc import CTCHead, LinearCTCHead, greedy_decode
+from s3l_plugin.ctc import CTCHead, LinearCTCHead, LSTMCTCHead, greedy_decode
 from s3l_plugin.data.atomic import write_text_atomic
 from s3l_plugin.distributed import unwrap_module
 from s3l_plugin.pretrained import extract_features
@@ -283,7 +283,7 @@ def head_yaml(head):
 
     Arguments
     ---------
-    head : LinearCTCHead or CTCHead
+    head : LinearCTCHead, LSTMCTCHead or CTCHead
         The head.
 
     Returns
@@ -299,7 +299,16 @@ def head_yaml(head):
         vocab_size: 5
         dropout: 0.0
     """
-    if isinstance(head, LinearCTCHead):
+    # LSTMCTCHead first: it is a LinearCTCHead after an LSTM.
+    if isinstance(head, LSTMCTCHead):
+        args = {
+            "input_dim": head.lstm.input_size,
+            "upsample": head.upsample,
+            "hidden": head.lstm.hidden_size,
+            "num_layers": head.lstm.num_layers,
+            "vocab_size": head.vocab_size,
+        }
+    elif isinstance(head, LinearCTCHead):
         args = {
             "input_dim": head.output.in_features,
             "upsample": head.upsample,
@@ -318,7 +327,7 @@ def head_yaml(head):
     else:
         raise TypeError(
             f"No inference YAML for a {type(head).__name__} head "
-            "(LinearCTCHead and CTCHead are supported)"
+            "(LinearCTCHead, LSTMCTCHead and CTCHead are supported)"
         )
     args["dropout"] = 0.0
     cls = type(head)

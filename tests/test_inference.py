@@ -113,22 +113,23 @@ def test_asr_folder_transcribes_as_the_recipe(finetuned, tmp_path):
     assert greedy == [finetuned["greedy"][i] for i in ids]
 
 
-def test_paper_head_is_one_option_and_its_folder_transcribes(
-    finetune_runner, tmp_path
+@pytest.mark.parametrize("head_type", ["conv", "lstm"])
+def test_head_type_is_one_option_and_its_folder_transcribes(
+    finetune_runner, tmp_path, head_type
 ):
-    # --head_type=conv trains the paper's convolutional head (HyperPyYAML
-    # overrides alone cannot change a !new: class), and the folder it
-    # writes rebuilds that head: SpeechBrain's loader gives the recipe's
-    # greedy test transcriptions.
+    # --head_type=conv trains the paper's convolutional head, lstm the
+    # BiLSTM head (HyperPyYAML overrides alone cannot change a !new:
+    # class), and the folder it writes rebuilds that head, not a linear
+    # one: SpeechBrain's loader gives the recipe's greedy transcriptions.
     from speechbrain.inference.ASR import EncoderASR
 
-    from s3l_plugin.ctc import CTCHead
+    from s3l_plugin.ctc import CTC_HEADS
 
     output = str(tmp_path / "out")
     brain, wavs = _finetune_on_test_clean(
         finetune_runner,
         output,
-        "--head_type=conv",
+        f"--head_type={head_type}",
         "--head_channels=8",
         "--head_num_conv=1",
         "--total_steps=6",
@@ -136,8 +137,7 @@ def test_paper_head_is_one_option_and_its_folder_transcribes(
         "--lr_head=0.02",
     )
     head = brain.modules.model.head
-    assert isinstance(head, CTCHead)
-    assert (head.channels, len(head.blocks)) == (8, 1)
+    assert type(head) is CTC_HEADS[head_type]
     expected = _hypotheses(brain.wer_metric)
     ids = sorted(wavs)
     asr = EncoderASR.from_hparams(
@@ -145,7 +145,7 @@ def test_paper_head_is_one_option_and_its_folder_transcribes(
         savedir=str(tmp_path / "g"),
     )
     loaded = asr.hparams.head
-    assert isinstance(loaded, CTCHead)
+    assert type(loaded) is CTC_HEADS[head_type]
     trained = head.state_dict()
     assert loaded.state_dict().keys() == trained.keys()
     for key, value in loaded.state_dict().items():
