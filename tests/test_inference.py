@@ -138,6 +138,10 @@ def test_head_type_is_one_option_and_its_folder_transcribes(
     )
     head = brain.modules.model.head
     assert type(head) is CTC_HEADS[head_type]
+    if head_type == "conv":
+        assert (head.channels, len(head.blocks)) == (8, 1)
+    else:
+        assert (head.lstm.hidden_size, head.lstm.num_layers) == (8, 1)
     expected = _hypotheses(brain.wer_metric)
     ids = sorted(wavs)
     asr = EncoderASR.from_hparams(

@@ -7,9 +7,10 @@ import shutil
 from conftest import ROOT, load_experiment
 
 
-def _load_split():
-    path = os.path.join(ROOT, "experiments", "real_speech", "split.py")
-    spec = importlib.util.spec_from_file_location("real_speech_split", path)
+def _load_real_speech(name):
+    """``experiments/real_speech/<name>.py`` as a module."""
+    path = os.path.join(ROOT, "experiments", "real_speech", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"real_speech_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -47,7 +48,7 @@ def _utterances(split_folder):
 def test_split_holds_out_speakers_and_takes_each_speakers_first_lines(
     tmp_path,
 ):
-    split = _load_split()
+    split = _load_real_speech("split")
     source, dest = tmp_path / "train-clean-5", tmp_path / "split"
     _fake_corpus(source, ["19", "26", "1970", "5789"], utterances=15)
     counts = split.build_split(str(source), str(dest), ["1970"], ["5789"])
@@ -147,10 +148,7 @@ def test_real_speech_mode_finetunes_the_named_splits_with_probes(
 
 
 def test_phone_probe_rewrites_transcripts_as_folded_phones(tmp_path):
-    path = os.path.join(ROOT, "experiments", "real_speech", "phone_probe.py")
-    spec = importlib.util.spec_from_file_location("phone_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = _load_real_speech("phone_probe")
     assert len(probe.CLASSES) == 27 == len(set(probe.SYMBOLS.values()))
     lexicon = {
         "sing": [["S", "IH1", "NG"], ["S", "IY1", "NG"]],
@@ -180,11 +178,7 @@ def test_phone_probe_rewrites_transcripts_as_folded_phones(tmp_path):
 def test_logmel_floor_stacks_normalised_frames_and_zeroes_padding():
     import torch
 
-    path = os.path.join(ROOT, "experiments", "real_speech", "logmel_floor.py")
-    spec = importlib.util.spec_from_file_location("logmel_floor", path)
-    floor_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floor_module)
-    floor = floor_module.LogMelFrames(n_mels=16, stack=8)
+    floor = _load_real_speech("logmel_floor").LogMelFrames(n_mels=16, stack=8)
     feats = torch.randn(2, 40, 16)
     encoded = floor.encode(feats, torch.tensor([40, 20]), return_layers=True)
     assert encoded.out.shape == (2, 5, 128)

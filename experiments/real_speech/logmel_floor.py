@@ -25,11 +25,11 @@ Example
 
 from types import SimpleNamespace
 
-import torch
 from torch import nn
 
 from s3l_plugin.encoder import EncoderOutput, S3LEncoder
 from s3l_plugin.features import MelFeatures
+from s3l_plugin.lengths import zero_padding
 
 
 class LogMelFrames(nn.Module):
@@ -79,11 +79,10 @@ class LogMelFrames(nn.Module):
         """
         lengths = self.output_lengths(feat_lens.to(feats.device).long())
         frames = feats.shape[1] // self.stack
-        out = feats[:, : frames * self.stack].reshape(
-            feats.shape[0], frames, -1
+        out = zero_padding(
+            feats[:, : frames * self.stack].reshape(feats.shape[0], frames, -1),
+            lengths,
         )
-        valid = torch.arange(frames, device=feats.device) < lengths[:, None]
-        out = out * valid[..., None]
         if not return_layers:
             return EncoderOutput(out, lengths, [], [])
         return EncoderOutput(out, lengths, [out], [lengths])

@@ -61,6 +61,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 ROOT = os.path.abspath(ROOT)
 RECIPES = os.path.join(ROOT, "recipes", "LibriSpeech")
+LOGMEL_PATH = os.path.join(ROOT, "experiments", "real_speech")
 sys.path.insert(0, RECIPES)
 
 # Finetuning configuration of each initialisation.
@@ -88,10 +89,7 @@ LOGMEL_OPTIONS = [
     "--num_summed_layers=1",
     "--encoder=!new:logmel_floor.LogMelFrames",
 ]
-LOGMEL_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "real_speech",
-)
+
 PRETRAINED_INITS = {"s3l", "s3l-frozen"}
 SCRATCH = {"scratch", "crdnn"}  # the baselines S3L pretrained is judged by
 # Inits of the experiment unless --inits says otherwise.
